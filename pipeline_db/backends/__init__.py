@@ -1,0 +1,73 @@
+"""Backend protocol: everything dialect-specific sits behind it.
+
+One module per backend (:mod:`.postgresql`, :mod:`.sqlite`) implements
+:class:`Backend`; code above this package is backend-neutral.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal, Protocol
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+    from pipeline_db.config import DatabaseConfig
+
+FaultKind = Literal["transient", "conflict", "invalid", "config", "misuse", "other"]
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    """A driver error, classified.
+
+    Attributes:
+        kind: who is to blame, and whether retrying can help.
+        cause: a short name ("serialization", "deadlock", "connection", "busy", ...).
+        code: SQLSTATE on PostgreSQL, the result-code name on SQLite.
+        message: the server's message, without statement parameters.
+    """
+
+    kind: FaultKind
+    cause: str
+    code: str | None
+    message: str
+
+
+class Backend(Protocol):
+    """What the rest of pipeline-db needs from a database backend."""
+
+    @property
+    def name(self) -> Literal["sqlite", "postgresql"]:
+        """The backend's name, as in the configuration's ``type``."""
+        ...
+
+    def create_engine(self, config: DatabaseConfig) -> AsyncEngine:
+        """Build the engine, with its pool and per-connection settings."""
+        ...
+
+    def classify(self, error: BaseException) -> Fault | None:
+        """Classify a driver exception (the DBAPI ``orig``), or None if it is not the driver's."""
+        ...
+
+    async def begin(
+        self, conn: AsyncConnection, *, write: bool, isolation: str | None, readonly: bool
+    ) -> None:
+        """Start a transaction on ``conn`` with the requested properties."""
+        ...
+
+    def writer_slot(self) -> AbstractAsyncContextManager[None]:
+        """Held around every write transaction (SQLite queues writers here)."""
+        ...
+
+
+def backend_for(config: DatabaseConfig) -> Backend:
+    """Return the backend implementation for ``config.type``."""
+    if config.type == "postgresql":
+        from pipeline_db.backends.postgresql import PostgreSQLBackend
+
+        return PostgreSQLBackend()
+    from pipeline_db.backends.sqlite import SQLiteBackend
+
+    return SQLiteBackend()

@@ -1,0 +1,127 @@
+"""PostgreSQL through asyncpg: engine, error classification, transactions."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any, Literal
+
+import asyncpg
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from pipeline_db._json import dumps, loads
+from pipeline_db.backends import Fault
+from pipeline_db.config import DatabaseConfig
+
+# SQLSTATEs that are safe to retry, by cause.
+# https://www.postgresql.org/docs/current/errcodes-appendix.html
+_TRANSIENT = {
+    "40001": "serialization",
+    "40P01": "deadlock",
+    "57P01": "shutdown",  # admin_shutdown, also pg_terminate_backend
+    "57P02": "shutdown",  # crash_shutdown
+    "57P03": "shutdown",  # cannot_connect_now: starting up
+    "53300": "connection",  # too_many_connections
+    "25P03": "connection",  # idle_in_transaction_session_timeout closed it
+}
+_CONFLICT = {"23505": "unique", "23503": "foreign_key", "23P01": "exclusion"}
+_INVALID = {"23502": "not_null", "23514": "check"}
+_CONFIG_CLASSES = {"28": "authentication", "3D": "database"}
+
+
+def _prepared_statement_name() -> str:
+    # Unique names: behind PgBouncer in transaction mode a name prepared on one
+    # server connection must never be reused on another (SQLAlchemy asyncpg docs,
+    # "Prepared Statement Name with PGBouncer").
+    return f"__pdb_{uuid.uuid4().hex}__"
+
+
+class PostgreSQLBackend:
+    """PostgreSQL through asyncpg."""
+
+    name: Literal["postgresql"] = "postgresql"
+
+    def create_engine(self, config: DatabaseConfig) -> AsyncEngine:
+        """Build an asyncpg-backed engine with the configured pool and server settings."""
+        server_settings = {"application_name": config.application_name}
+        if config.statement_timeout:
+            server_settings["statement_timeout"] = str(config.statement_timeout)
+        if config.idle_in_transaction_session_timeout:
+            server_settings["idle_in_transaction_session_timeout"] = str(
+                config.idle_in_transaction_session_timeout
+            )
+        connect_args: dict[str, Any] = {
+            "timeout": config.connection_timeout,
+            "server_settings": server_settings,
+        }
+        if config.pgbouncer:
+            connect_args |= {
+                "statement_cache_size": 0,
+                "prepared_statement_cache_size": 0,
+                "prepared_statement_name_func": _prepared_statement_name,
+            }
+        return create_async_engine(
+            config.sqlalchemy_url(),
+            pool_size=config.pool_size,
+            max_overflow=config.max_overflow,
+            pool_timeout=config.pool_timeout,
+            pool_recycle=config.pool_recycle,
+            pool_pre_ping=config.pool_pre_ping,
+            connect_args=connect_args,
+            json_serializer=dumps,
+            json_deserializer=loads,
+        )
+
+    def classify(self, error: BaseException) -> Fault | None:
+        """Classify by SQLSTATE, then by asyncpg's connection errors; never by message."""
+        driver = error.__cause__ if _is_sqlalchemy_adapted(error) else error
+        sqlstate = getattr(error, "sqlstate", None) or getattr(driver, "sqlstate", None)
+        message = _message(driver if driver is not None else error)
+        if sqlstate:
+            if sqlstate in _TRANSIENT:
+                return Fault("transient", _TRANSIENT[sqlstate], sqlstate, message)
+            if sqlstate.startswith("08"):
+                return Fault("transient", "connection", sqlstate, message)
+            if sqlstate in _CONFLICT:
+                return Fault("conflict", _CONFLICT[sqlstate], sqlstate, message)
+            if sqlstate in _INVALID or sqlstate.startswith("22"):
+                return Fault("invalid", _INVALID.get(sqlstate, "data"), sqlstate, message)
+            if sqlstate[:2] in _CONFIG_CLASSES:
+                return Fault("config", _CONFIG_CLASSES[sqlstate[:2]], sqlstate, message)
+            if sqlstate.startswith("42") or sqlstate == "25006":
+                return Fault("misuse", "statement", sqlstate, message)
+            return Fault("other", "database", sqlstate, message)
+        if isinstance(driver, (OSError, TimeoutError)):
+            return Fault("transient", "connection", None, f"cannot reach the server: {message}")
+        if isinstance(driver, asyncpg.exceptions.InterfaceError):
+            return Fault("misuse", "interface", None, message)
+        return None
+
+    async def begin(
+        self, conn: AsyncConnection, *, write: bool, isolation: str | None, readonly: bool
+    ) -> None:
+        """BEGIN with the requested isolation level and access mode."""
+        options: dict[str, Any] = {}
+        if isolation is not None:
+            options["isolation_level"] = isolation
+        if readonly:
+            options["postgresql_readonly"] = True
+        if options:
+            await conn.execution_options(**options)
+        await conn.begin()
+
+    @contextlib.asynccontextmanager
+    async def writer_slot(self) -> AsyncIterator[None]:
+        """PostgreSQL has row locks: writers need no queue of their own."""
+        yield
+
+
+def _is_sqlalchemy_adapted(error: BaseException) -> bool:
+    return type(error).__module__.startswith("sqlalchemy")
+
+
+def _message(error: BaseException) -> str:
+    if error.args and isinstance(error.args[0], str):
+        return error.args[0].splitlines()[0] if error.args[0] else type(error).__name__
+    return type(error).__name__

@@ -1,0 +1,135 @@
+"""SQLite through aiosqlite: engine, PRAGMAs, BEGIN IMMEDIATE, error classification."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, Literal
+
+from sqlalchemy import event
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from pipeline_db._json import dumps, loads
+from pipeline_db.backends import Fault
+from pipeline_db.config import DatabaseConfig
+
+# Execution option read by the "begin" listener: which BEGIN to emit.
+BEGIN_MODE_OPTION = "pipeline_db_begin"
+
+# Primary result codes (https://www.sqlite.org/rescode.html), extended codes
+# are reduced to these with ``code & 0xFF`` unless listed in full below.
+_TRANSIENT = {5: "busy", 6: "locked"}
+_EXTENDED = {
+    2067: ("conflict", "unique"),  # SQLITE_CONSTRAINT_UNIQUE
+    1555: ("conflict", "unique"),  # SQLITE_CONSTRAINT_PRIMARYKEY
+    787: ("conflict", "foreign_key"),  # SQLITE_CONSTRAINT_FOREIGNKEY
+    1299: ("invalid", "not_null"),  # SQLITE_CONSTRAINT_NOTNULL
+    275: ("invalid", "check"),  # SQLITE_CONSTRAINT_CHECK
+}
+_PRIMARY = {
+    1: ("misuse", "statement"),  # SQLITE_ERROR
+    8: ("misuse", "readonly"),  # SQLITE_READONLY
+    14: ("config", "cantopen"),  # SQLITE_CANTOPEN
+    19: ("conflict", "constraint"),  # SQLITE_CONSTRAINT, other
+    20: ("invalid", "mismatch"),  # SQLITE_MISMATCH
+    26: ("config", "notadb"),  # SQLITE_NOTADB
+}
+
+
+class SQLiteBackend:
+    """SQLite through aiosqlite.
+
+    Write transactions start with ``BEGIN IMMEDIATE`` so they take the write
+    lock up front and wait in SQLite's busy handler (``busy_timeout``) instead
+    of failing later with SQLITE_BUSY on lock upgrade; read transactions use a
+    deferred ``BEGIN`` and never take it. Within one process, writers queue on
+    an asyncio lock so they do not spin on the busy handler against each other.
+    The recipe is SQLAlchemy's ("Serializable isolation / Savepoints /
+    Transactional DDL" in the SQLite dialect docs).
+    """
+
+    name: Literal["sqlite"] = "sqlite"
+
+    def __init__(self) -> None:
+        self._write_lock = asyncio.Lock()
+
+    def create_engine(self, config: DatabaseConfig) -> AsyncEngine:
+        """Build an aiosqlite engine; create the database file's folder when missing."""
+        url = config.sqlalchemy_url()
+        if url.database and url.database != ":memory:":
+            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_async_engine(
+            url,
+            pool_size=config.pool_size,
+            max_overflow=config.max_overflow,
+            pool_timeout=config.pool_timeout,
+            pool_recycle=config.pool_recycle,
+            # isolation_level=None: the driver never BEGINs on its own; we do.
+            connect_args={"timeout": config.connection_timeout, "isolation_level": None},
+            json_serializer=dumps,
+            json_deserializer=loads,
+        )
+        pragmas = (
+            f"PRAGMA journal_mode={config.journal_mode}",
+            f"PRAGMA synchronous={config.synchronous}",
+            f"PRAGMA busy_timeout={config.busy_timeout}",
+            "PRAGMA foreign_keys=ON",
+        )
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            try:
+                for pragma in pragmas:
+                    cursor.execute(pragma)
+            finally:
+                cursor.close()
+
+        @event.listens_for(engine.sync_engine, "begin")
+        def _on_begin(conn: Connection) -> None:
+            mode = conn.get_execution_options().get(BEGIN_MODE_OPTION, "DEFERRED")
+            conn.exec_driver_sql(f"BEGIN {mode}")
+
+        return engine
+
+    def classify(self, error: BaseException) -> Fault | None:
+        """Classify by SQLite result code (``sqlite_errorcode``); never by message."""
+        if not isinstance(error, sqlite3.Error):
+            return None
+        code: int | None = getattr(error, "sqlite_errorcode", None)
+        name: str | None = getattr(error, "sqlite_errorname", None)
+        message = str(error)
+        if code is None:
+            return Fault("other", "database", name, message)
+        if code in _EXTENDED:
+            kind, cause = _EXTENDED[code]
+            return Fault(kind, cause, name, message)  # type: ignore[arg-type]
+        primary = code & 0xFF
+        if primary in _TRANSIENT:
+            return Fault("transient", _TRANSIENT[primary], name, message)
+        if primary in _PRIMARY:
+            kind, cause = _PRIMARY[primary]
+            return Fault(kind, cause, name, message)  # type: ignore[arg-type]
+        return Fault("other", "database", name, message)
+
+    async def begin(
+        self, conn: AsyncConnection, *, write: bool, isolation: str | None, readonly: bool
+    ) -> None:
+        """BEGIN IMMEDIATE for writes, a deferred BEGIN for reads.
+
+        SQLite transactions are always serializable, so every ``isolation``
+        level is honoured (or exceeded) as is.
+        """
+        mode = "IMMEDIATE" if write and not readonly else "DEFERRED"
+        await conn.execution_options(**{BEGIN_MODE_OPTION: mode})
+        await conn.begin()
+
+    @contextlib.asynccontextmanager
+    async def writer_slot(self) -> AsyncIterator[None]:
+        """Queue in-process writers for SQLite's single write lock."""
+        async with self._write_lock:
+            yield

@@ -1,0 +1,274 @@
+"""Typed, validated configuration, and the one place that reads the environment.
+
+The configuration lives in the ``database:`` section of ``config/pipeline.yaml``
+(other sections belong to the server and the job runners). String values may
+use ``${VAR}`` and ``${VAR:-default}``; ``$${`` writes a literal ``${``.
+``PIPELINE_DATABASE_URL``, when set, overrides the file's connection settings.
+
+Every problem (an unknown key, a wrong type, an impossible value, an unset
+variable) stops start-up with one :class:`~pipeline_db.errors.ConfigurationError`
+that names the key and what is allowed. Secrets (``password``, ``url``,
+``listen_url``) are :class:`pydantic.SecretStr` and are never echoed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+from pipeline_db.errors import ConfigurationError
+
+CONFIG_PATH = Path("config/pipeline.yaml")
+CONFIG_PATH_ENV = "PIPELINE_CONFIG"
+DATABASE_URL_ENV = "PIPELINE_DATABASE_URL"
+
+SQLITE_PATH = Path("data/pipeline.db")
+BUSY_TIMEOUT_MS = 5_000
+CONNECTION_TIMEOUT_S = 10.0
+POOL_SIZE = 10
+MAX_OVERFLOW = 10
+POOL_TIMEOUT_S = 30.0
+POOL_RECYCLE_S = 1_800
+STATEMENT_TIMEOUT_MS = 0
+IDLE_IN_TRANSACTION_TIMEOUT_MS = 60_000
+BACKUP_INTERVAL_HOURS = 24.0
+
+RETRY_ATTEMPTS = 8
+RETRY_BASE_DELAY_S = 0.02
+RETRY_MAX_DELAY_S = 1.0
+RETRY_DEADLINE_S = 30.0
+
+SECRET_FIELDS = frozenset({"password", "url", "listen_url"})
+
+_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
+_URL_SCHEMES = {
+    "sqlite": "sqlite",
+    "sqlite+aiosqlite": "sqlite",
+    "postgres": "postgresql",
+    "postgresql": "postgresql",
+    "postgresql+asyncpg": "postgresql",
+}
+_VAR = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class RetryPolicy(_Model):
+    """How a retried transaction retries transient failures.
+
+    Exponential backoff with full jitter: attempt *n* sleeps a random time in
+    ``[0, min(max_delay, base_delay * 2**n))``, and no attempt starts after
+    ``deadline`` seconds from the first.
+    """
+
+    attempts: int = Field(RETRY_ATTEMPTS, ge=1, le=1_000, description="attempts in all")
+    base_delay: float = Field(RETRY_BASE_DELAY_S, gt=0, description="seconds")
+    max_delay: float = Field(RETRY_MAX_DELAY_S, gt=0, description="seconds")
+    deadline: float = Field(RETRY_DEADLINE_S, gt=0, description="seconds")
+
+
+class DatabaseConfig(_Model):
+    """The database settings: the backend, its connection and pool, backups, retries."""
+
+    type: Literal["sqlite", "postgresql"] = "sqlite"
+    url: SecretStr | None = None
+
+    # SQLite
+    path: Path = SQLITE_PATH
+    journal_mode: Literal["WAL", "DELETE", "TRUNCATE", "PERSIST", "MEMORY"] = "WAL"
+    synchronous: Literal["OFF", "NORMAL", "FULL", "EXTRA"] = "NORMAL"
+    busy_timeout: int = Field(BUSY_TIMEOUT_MS, ge=0, description="milliseconds")
+    connection_timeout: float = Field(CONNECTION_TIMEOUT_S, gt=0, description="seconds")
+
+    # PostgreSQL
+    host: str = "localhost"
+    port: int = Field(5432, ge=1, le=65_535)
+    database: str = Field("pipeline", min_length=1)
+    user: str = Field("pipeline", min_length=1)
+    password: SecretStr | None = None
+    pool_size: int = Field(POOL_SIZE, ge=1)
+    max_overflow: int = Field(MAX_OVERFLOW, ge=0)
+    pool_timeout: float = Field(POOL_TIMEOUT_S, gt=0, description="seconds")
+    pool_recycle: int = Field(POOL_RECYCLE_S, ge=-1, description="seconds, -1 never")
+    pool_pre_ping: bool = False
+    statement_timeout: int = Field(STATEMENT_TIMEOUT_MS, ge=0, description="ms, 0 none")
+    idle_in_transaction_session_timeout: int = Field(
+        IDLE_IN_TRANSACTION_TIMEOUT_MS, ge=0, description="ms, 0 none"
+    )
+    application_name: str = Field("pipeline-db", max_length=63)
+    pgbouncer: bool = False
+    listen_url: SecretStr | None = None
+
+    # Backups
+    backup_enabled: bool = False
+    backup_interval_hours: float = Field(BACKUP_INTERVAL_HOURS, gt=0)
+    backup_dir: Path = Path("backups")
+
+    retry: RetryPolicy = RetryPolicy()
+
+    @model_validator(mode="after")
+    def _url_matches_type(self) -> DatabaseConfig:
+        if self.url is not None:
+            backend = _backend_of(self.url.get_secret_value())
+            if backend != self.type:
+                raise ValueError(f"url is a {backend} URL but type is {self.type!r}")
+        return self
+
+    def sqlalchemy_url(self) -> URL:
+        """The SQLAlchemy URL for this configuration, built with ``URL.create``.
+
+        Built, never formatted, so passwords holding ``@ : / % #`` or spaces
+        survive. Its ``repr`` and ``str`` hide the password.
+        """
+        if self.url is not None:
+            return make_url(self.url.get_secret_value()).set(drivername=_DRIVERS[self.type])
+        if self.type == "sqlite":
+            return URL.create(_DRIVERS["sqlite"], database=str(self.path))
+        return URL.create(
+            _DRIVERS["postgresql"],
+            username=self.user,
+            password=self.password.get_secret_value() if self.password else None,
+            host=self.host,
+            port=self.port,
+            database=self.database,
+        )
+
+    def describe(self) -> str:
+        """A one-line description safe to log: the backend and where, never a secret."""
+        url = self.sqlalchemy_url()
+        if self.type == "sqlite":
+            return f"sqlite at {url.database}"
+        return f"postgresql at {url.host}:{url.port or 5432}/{url.database} as {url.username}"
+
+
+def _backend_of(url: str) -> str:
+    try:
+        scheme = make_url(url).drivername
+    except ArgumentError:
+        raise ValueError("url is not a database URL") from None
+    if scheme not in _URL_SCHEMES:
+        raise ValueError(f"url scheme {scheme!r} is not one of {sorted(_URL_SCHEMES)}")
+    return _URL_SCHEMES[scheme]
+
+
+def interpolate(value: Any, environ: Mapping[str, str], key: str = "") -> Any:
+    """Replace ``${VAR}`` and ``${VAR:-default}`` in every string of ``value``.
+
+    Raises:
+        ConfigurationError: a variable is unset and has no default.
+    """
+    if isinstance(value, dict):
+        return {
+            k: interpolate(v, environ, f"{key}.{k}" if key else str(k)) for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [interpolate(v, environ, f"{key}[{i}]") for i, v in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+
+    def replace(match: re.Match[str]) -> str:
+        if match.group(0) == "$${":
+            return "${"
+        name, default = match.group(1), match.group(2)
+        if name in environ:
+            return environ[name]
+        if default is not None:
+            return default
+        raise ConfigurationError(
+            f"{key}: environment variable {name} is not set and has no default "
+            f"(write ${{{name}:-default}} to give one)",
+            key=key,
+        )
+
+    return _VAR.sub(replace, value)
+
+
+def database_config(
+    raw: Mapping[str, Any] | None = None, *, environ: Mapping[str, str] | None = None
+) -> DatabaseConfig:
+    """Validate a ``database:`` section (already interpolated) into a :class:`DatabaseConfig`.
+
+    ``PIPELINE_DATABASE_URL`` in ``environ`` overrides the section's connection.
+
+    Raises:
+        ConfigurationError: naming the key and what is allowed.
+    """
+    data = dict(raw or {})
+    env = os.environ if environ is None else environ
+    override = env.get(DATABASE_URL_ENV)
+    if override:
+        data["url"] = override
+        try:
+            data["type"] = _backend_of(override)
+        except ValueError as exc:
+            raise ConfigurationError(f"{DATABASE_URL_ENV}: {exc}", key=DATABASE_URL_ENV) from None
+    try:
+        return DatabaseConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigurationError(_describe(exc, "database"), key="database") from None
+
+
+def load_config(
+    path: Path | str | None = None, *, environ: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """Read the YAML configuration file and interpolate the environment into it.
+
+    The file is ``path``, else ``$PIPELINE_CONFIG``, else ``config/pipeline.yaml``
+    (a missing default file means an empty configuration). Returns the whole
+    interpolated mapping; pass its ``database`` section to :func:`database_config`.
+
+    Raises:
+        ConfigurationError: the file is missing, not YAML, or names an unset variable.
+    """
+    env = os.environ if environ is None else environ
+    explicit = path is not None or CONFIG_PATH_ENV in env
+    file = Path(path if path is not None else env.get(CONFIG_PATH_ENV, CONFIG_PATH))
+    if not file.exists():
+        if explicit:
+            raise ConfigurationError(f"configuration file {file} does not exist", key="config")
+        return {}
+    try:
+        loaded = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigurationError(f"{file} is not valid YAML: {exc}", key="config") from None
+    if not isinstance(loaded, dict):
+        raise ConfigurationError(f"{file}: the top level must be a mapping", key="config")
+    result: dict[str, Any] = interpolate(loaded, env)
+    return result
+
+
+def load_database_config(
+    path: Path | str | None = None, *, environ: Mapping[str, str] | None = None
+) -> DatabaseConfig:
+    """Load and validate the ``database:`` section of the configuration file.
+
+    Raises:
+        ConfigurationError: see :func:`load_config` and :func:`database_config`.
+    """
+    section = load_config(path, environ=environ).get("database") or {}
+    if not isinstance(section, dict):
+        raise ConfigurationError("database: must be a mapping", key="database")
+    return database_config(section, environ=environ)
+
+
+def _describe(exc: ValidationError, section: str) -> str:
+    problems = []
+    for error in exc.errors(include_url=False):
+        loc = ".".join(str(part) for part in (section, *error["loc"]))
+        message = error["msg"]
+        if error["type"] == "extra_forbidden":
+            message = "unknown key; allowed keys: " + ", ".join(sorted(DatabaseConfig.model_fields))
+        elif error["loc"] and str(error["loc"][-1]) not in SECRET_FIELDS:
+            message += f" (got {error['input']!r})"
+        problems.append(f"{loc}: {message}")
+    return "invalid configuration: " + "; ".join(problems)

@@ -1,0 +1,280 @@
+"""`Database`: the object applications hold and pass around.
+
+It owns the engine and its pool, and offers three ways in:
+
+* :meth:`Database.transaction`: a retried write (or read) transaction that
+  runs a callable, re-running it from the start after a transient failure;
+* :meth:`Database.retrying`: the same retries as an attempt iterator;
+* :meth:`Database.read`: a read-only unit of work (not retried).
+
+**The retry rule for callers:** the callable (or the body of an attempt) may
+run more than once, so its writes must be idempotent: compare-and-set
+updates, inserts keyed by a natural or client-chosen key, upserts. A
+connection lost during COMMIT leaves the outcome unknown; such a transaction
+is retried only when declared ``idempotent=True`` (the default), and raises
+:class:`~pipeline_db.errors.CommitOutcomeUnknownError` otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Literal, TypeVar
+
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from pipeline_db._translate import translate
+from pipeline_db.backends import Backend, backend_for
+from pipeline_db.config import DatabaseConfig
+from pipeline_db.errors import InterfaceError, TransientError
+from pipeline_db.retry import Retrying
+
+logger = logging.getLogger("pipeline_db")
+
+T = TypeVar("T")
+Isolation = Literal["READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE"]
+ISOLATION_LEVELS: frozenset[str] = frozenset(Isolation.__args__)  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True, slots=True)
+class PoolStatus:
+    """A snapshot of the connection pool.
+
+    Attributes:
+        size: connections the pool keeps (``pool_size``).
+        checked_in: idle connections in the pool.
+        checked_out: connections in use.
+        overflow: connections opened beyond ``size`` (negative while the pool fills).
+        waiting: tasks of this process waiting for a connection.
+    """
+
+    size: int
+    checked_in: int
+    checked_out: int
+    overflow: int
+    waiting: int
+
+
+class Database:
+    """The pipeline's database: an engine, its pool, and retried transactions.
+
+    Use it as an async context manager (``async with Database(config) as db``)
+    or through :meth:`connect` and :meth:`dispose`. There is no global engine:
+    pass the ``Database`` to whatever needs it.
+    """
+
+    def __init__(self, config: DatabaseConfig) -> None:
+        self.config = config
+        self.backend: Backend = backend_for(config)
+        self._engine: AsyncEngine | None = None
+        self._waiting = 0
+        #: Transient failures that were retried, by cause (exported as metrics).
+        self.retries: Counter[str] = Counter()
+
+    def __repr__(self) -> str:
+        return f"<Database {self.config.describe()}>"
+
+    @classmethod
+    async def connect(cls, config: DatabaseConfig) -> Database:
+        """Create a ``Database`` and open its engine (no connection is made yet)."""
+        database = cls(config)
+        await database.open()
+        return database
+
+    async def open(self) -> None:
+        """Create the engine. Idempotent."""
+        if self._engine is None:
+            self._engine = self.backend.create_engine(self.config)
+
+    async def dispose(self) -> None:
+        """Close every pooled connection and drop the engine."""
+        if self._engine is not None:
+            engine, self._engine = self._engine, None
+            await engine.dispose()
+
+    async def __aenter__(self) -> Database:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.dispose()
+
+    @property
+    def engine(self) -> AsyncEngine:
+        """The SQLAlchemy engine (raises InterfaceError before ``open`` or after ``dispose``)."""
+        if self._engine is None:
+            raise InterfaceError("the Database is not open: use `async with Database(config)`")
+        return self._engine
+
+    @property
+    def dialect(self) -> Literal["sqlite", "postgresql"]:
+        """``"sqlite"`` or ``"postgresql"``."""
+        return self.backend.name
+
+    async def transaction(
+        self,
+        work: Callable[[AsyncConnection], Awaitable[T]],
+        *,
+        isolation: Isolation | None = None,
+        readonly: bool = False,
+        idempotent: bool = True,
+    ) -> T:
+        """Run ``work(conn)`` in a transaction, retrying it on transient failures.
+
+        Args:
+            work: called with a connection inside a transaction; may be called
+                more than once (see the retry rule in the module docstring).
+            isolation: the isolation level (PostgreSQL; SQLite is always serializable).
+            readonly: a read-only transaction (no write lock on SQLite).
+            idempotent: whether re-running ``work`` after a COMMIT whose outcome
+                is unknown is safe.
+
+        Returns:
+            What ``work`` returned on the attempt that committed.
+
+        Raises:
+            TransientError: retries exhausted; ``code`` and ``cause`` name the last failure.
+            CommitOutcomeUnknownError: see the module docstring.
+            PipelineDBError: any other failure, translated, raised at once.
+        """
+        async for attempt in self.retrying(
+            isolation=isolation, readonly=readonly, idempotent=idempotent
+        ):
+            async with attempt as conn:
+                result = await work(conn)
+        return result
+
+    def retrying(
+        self,
+        *,
+        isolation: Isolation | None = None,
+        readonly: bool = False,
+        idempotent: bool = True,
+    ) -> Retrying:
+        """An iterator of attempts, each one transaction; see :mod:`pipeline_db.retry`."""
+        _check_isolation(isolation)
+
+        def unit() -> contextlib.AbstractAsyncContextManager[AsyncConnection]:
+            return self._unit(write=not readonly, isolation=isolation, readonly=readonly)
+
+        return Retrying(unit, self.config.retry, idempotent=idempotent, on_retry=self._count_retry)
+
+    def read(self) -> contextlib.AbstractAsyncContextManager[AsyncConnection]:
+        """A read-only transaction, not retried: ``async with db.read() as conn``."""
+        return self._unit(write=False, isolation=None, readonly=True)
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[AsyncConnection]:
+        """A pooled connection with no transaction management, errors translated.
+
+        For administrative work (schema migrations, maintenance) that manages
+        its own transactions; prefer :meth:`transaction` and :meth:`read`.
+        """
+        try:
+            async with self.engine.connect() as conn:
+                yield conn
+        except Exception as error:
+            raise self._translate(error) from error
+
+    def pool_status(self) -> PoolStatus:
+        """A snapshot of the pool: size, checked in and out, overflow, waiting."""
+        pool = self.engine.pool
+        return PoolStatus(
+            size=getattr(pool, "size", lambda: 0)(),
+            checked_in=getattr(pool, "checkedin", lambda: 0)(),
+            checked_out=getattr(pool, "checkedout", lambda: 0)(),
+            overflow=getattr(pool, "overflow", lambda: 0)(),
+            waiting=self._waiting,
+        )
+
+    def _count_retry(self, failure: TransientError) -> None:
+        self.retries[failure.cause or "unknown"] += 1
+
+    @contextlib.asynccontextmanager
+    async def _unit(
+        self, *, write: bool, isolation: str | None, readonly: bool
+    ) -> AsyncIterator[AsyncConnection]:
+        """One transaction on one pooled connection, with errors translated."""
+        engine = self.engine
+        slot = self.backend.writer_slot() if write and not readonly else contextlib.nullcontext()
+        async with slot:
+            self._waiting += 1
+            try:
+                conn = await engine.connect()
+            except Exception as error:
+                raise self._translate(error) from error
+            finally:
+                self._waiting -= 1
+            try:
+                await self.backend.begin(conn, write=write, isolation=isolation, readonly=readonly)
+                yield conn
+            except BaseException as error:
+                await _discard(conn, terminate=not isinstance(error, Exception))
+                if isinstance(error, Exception):
+                    raise self._translate(error) from error
+                raise
+            try:
+                await conn.commit()
+            except BaseException as error:
+                await _discard(conn, terminate=True)
+                if isinstance(error, Exception):
+                    translated = self._translate(error)
+                    if isinstance(translated, TransientError) and translated.cause in (
+                        "connection",
+                        "shutdown",
+                    ):
+                        translated.context["during_commit"] = True
+                    raise translated from error
+                raise
+            await conn.close()
+
+    def _translate(self, error: Exception) -> Exception:
+        return translate(error, self.backend) or error
+
+
+_cleanups: set[asyncio.Task[None]] = set()
+
+
+async def _discard(conn: AsyncConnection, *, terminate: bool) -> None:
+    """Roll back and return the connection; terminate it when its state is unknown.
+
+    A task cancelled mid-statement leaves the driver connection in an unknown
+    state, so it is invalidated (closed, the server rolls back) rather than
+    returned. The cleanup is shielded so a second cancellation cannot leak it.
+    """
+    task = asyncio.ensure_future(_cleanup(conn, terminate))
+    _cleanups.add(task)
+    task.add_done_callback(_cleanups.discard)
+    await asyncio.shield(task)
+
+
+async def _cleanup(conn: AsyncConnection, terminate: bool) -> None:
+    try:
+        if terminate:
+            await conn.invalidate()
+        else:
+            await conn.rollback()
+    except Exception:
+        # The connection is unusable; make sure the pool does not keep it.
+        with contextlib.suppress(Exception):
+            await conn.invalidate()
+    finally:
+        with contextlib.suppress(Exception):
+            await conn.close()
+
+
+def _check_isolation(isolation: str | None) -> None:
+    if isolation is not None and isolation not in ISOLATION_LEVELS:
+        raise InterfaceError(
+            f"isolation must be one of {sorted(ISOLATION_LEVELS)}, not {isolation!r}"
+        )
