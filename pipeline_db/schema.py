@@ -37,6 +37,8 @@ from sqlalchemy import (
     UniqueConstraint,
     event,
     false,
+    func,
+    literal_column,
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -44,6 +46,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.schema import DDL
 from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
@@ -152,7 +155,27 @@ episodes = Table(
     CheckConstraint(_in("stage", STAGES), name="stage"),
     Index(None, "stage"),
     Index(None, "updated_at"),
+    # Keyset pages by stage, in the listing's (updated_at, id) order.
+    Index(None, "stage", "updated_at", "id"),
 )
+
+
+def file_name(path: ColumnElement[str]) -> ColumnElement[str]:
+    """The lower-cased file name of a path, in SQL both backends share (indexed).
+
+    ``rtrim(path, <every character but '/'>)`` leaves the folder part, so what
+    follows it is the file name: no regexp needed, so SQLite can index it too.
+    """
+    # Literal SQL, not bound parameters: SQLite matches an expression index
+    # only against the same expression with the same constants.
+    slash: ColumnElement[str] = literal_column("'/'")
+    empty: ColumnElement[str] = literal_column("''")
+    one: ColumnElement[int] = literal_column("1")
+    folder = func.rtrim(path, func.replace(path, slash, empty))
+    return func.lower(func.substr(path, func.length(folder) + one))
+
+
+Index("ix_episodes_file_name", file_name(episodes.c.source_path))
 
 processing_log = Table(
     "processing_log",
@@ -346,7 +369,7 @@ _OLD = ", ".join(f"old.{c}" for c in SEARCH_COLUMNS)
 SQLITE_SEARCH = [
     f"CREATE VIRTUAL TABLE {SQLITE_FTS_TABLE} USING fts5({_FTS_COLUMNS}, "
     "content='json_metadata_index', content_rowid='rowid', "
-    "tokenize='porter unicode61 remove_diacritics 2')",
+    "tokenize='porter unicode61 remove_diacritics 0')",
     "CREATE TRIGGER trg_json_metadata_index_fts_insert AFTER INSERT ON json_metadata_index BEGIN "
     f"INSERT INTO {SQLITE_FTS_TABLE}(rowid, {_FTS_COLUMNS}) VALUES (new.rowid, {_NEW}); END",
     "CREATE TRIGGER trg_json_metadata_index_fts_delete AFTER DELETE ON json_metadata_index BEGIN "

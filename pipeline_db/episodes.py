@@ -1,0 +1,503 @@
+"""Episodes: register, read, list, advance through the stages, edit, rename, delete.
+
+Every write is one retried transaction (see :class:`~pipeline_db.Database`)
+written to be idempotent under retry, and keeps the metadata index (search)
+in step with the episode's metadata in the same transaction.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import builtins
+import json
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from itertools import count
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from pipeline_db import _json
+from pipeline_db.database import Database
+from pipeline_db.errors import ConflictError, InvalidInputError, NotFoundError
+from pipeline_db.models import Episode, EpisodeStats, Page, Registration, StageStats
+from pipeline_db.queries import episodes as q
+from pipeline_db.queries import history as hq
+from pipeline_db.schema import STAGES, episodes
+from pipeline_db.search import upsert_index
+
+MAX_METADATA_BYTES = 4 * 1024 * 1024
+MAX_ID_LENGTH = 255
+PAGE_SIZE = 50
+MAX_PAGE_SIZE = 500
+STATS_WINDOW = timedelta(hours=24)
+
+
+class Episodes:
+    """The episodes aggregate.
+
+    Args:
+        db: the database.
+        max_metadata_bytes: the largest metadata document accepted, as UTF-8 JSON.
+    """
+
+    def __init__(self, db: Database, *, max_metadata_bytes: int = MAX_METADATA_BYTES) -> None:
+        self._db = db
+        self._max_metadata_bytes = max_metadata_bytes
+
+    async def register(
+        self,
+        *,
+        id: str,
+        hash: str,
+        source_path: str,
+        metadata: Mapping[str, Any] | None = None,
+        file_size: int | None = None,
+        duration_seconds: float | None = None,
+        last_modified: datetime | None = None,
+    ) -> Registration:
+        """Register an episode, deduplicated by content hash.
+
+        A hash already known returns the existing episode with ``duplicate=True``.
+        An id already taken by another hash gets the next free ``-2``, ``-3``...
+        suffix. A ``registration/completed`` event is logged.
+
+        Raises:
+            InvalidInputError: a field is empty, too long or not serialisable.
+        """
+        _check_id(id, "id")
+        _check_text(hash, "hash")
+        _check_text(source_path, "source_path")
+        document = self._check_metadata(metadata or {})
+        values = {
+            "hash": hash,
+            "source_path": source_path,
+            "metadata": document,
+            "file_size": file_size,
+            "duration_seconds": duration_seconds,
+            "last_modified": _aware(last_modified, "last_modified"),
+        }
+
+        async def work(conn: AsyncConnection) -> Registration:
+            while True:
+                existing = (await conn.execute(q.by_hash(hash))).mappings().first()
+                if existing is not None:
+                    return Registration(episode=Episode.model_validate(existing), duplicate=True)
+                taken = set((await conn.execute(q.ids_like(id))).scalars())
+                free = next(c for c in _candidates(id) if c not in taken)
+                row = (
+                    (
+                        await conn.execute(
+                            q.insert_new_or_nothing(self._db.dialect, {"id": free, **values})
+                        )
+                    )
+                    .mappings()
+                    .first()
+                )
+                if row is None:  # a concurrent registration took the hash or the id: look again
+                    continue
+                await conn.execute(
+                    hq.insert_event(
+                        {"episode_id": free, "stage": "registration", "status": "completed"}
+                    )
+                )
+                await upsert_index(conn, self._db.dialect, free, source_path, file_size, document)
+                return Registration(episode=Episode.model_validate(row), duplicate=False)
+
+        return await self._db.transaction(work)
+
+    async def get(self, episode_id: str) -> Episode:
+        """The episode with this id.
+
+        Raises:
+            NotFoundError: no such episode.
+        """
+        async with self._db.read() as conn:
+            row = (await conn.execute(q.by_id(episode_id))).mappings().first()
+        if row is None:
+            raise NotFoundError(f"episode {episode_id!r} does not exist", episode_id=episode_id)
+        return Episode.model_validate(row)
+
+    async def get_by_hash(self, content_hash: str) -> Episode:
+        """The episode with this content hash.
+
+        Raises:
+            NotFoundError: no episode has this hash.
+        """
+        async with self._db.read() as conn:
+            row = (await conn.execute(q.by_hash(content_hash))).mappings().first()
+        if row is None:
+            raise NotFoundError(f"no episode has hash {content_hash!r}", hash=content_hash)
+        return Episode.model_validate(row)
+
+    async def exists(self, episode_id: str) -> bool:
+        """Whether an episode with this id exists."""
+        async with self._db.read() as conn:
+            return (await conn.execute(q.exists(episode_id))).first() is not None
+
+    async def find_by_filename(self, name: str, *, limit: int = PAGE_SIZE) -> list[Episode]:
+        """Episodes whose source file is named ``name``, compared case-insensitively.
+
+        ``%`` and ``_`` are literal: the name is compared, never used as a pattern.
+        """
+        _check_text(name, "name")
+        async with self._db.read() as conn:
+            rows = (await conn.execute(q.by_file_name(name, _limit(limit)))).mappings().all()
+        return [Episode.model_validate(row) for row in rows]
+
+    async def list(
+        self,
+        *,
+        stages: builtins.list[str] | None = None,
+        show: str | None = None,
+        updated_since: datetime | None = None,
+        cursor: str | None = None,
+        limit: int = PAGE_SIZE,
+    ) -> Page[Episode]:
+        """One page of episodes in (updated_at, id) order, filtered.
+
+        Pass the returned ``next_cursor`` back as ``cursor`` for the next page.
+
+        Raises:
+            InvalidInputError: an unknown stage, a bad cursor or limit.
+        """
+        for stage in stages or []:
+            _check_stage(stage, "stages")
+        size = _limit(limit)
+        query = q.page(
+            stages=stages,
+            show=show,
+            updated_since=_aware(updated_since, "updated_since"),
+            after=_decode_cursor(cursor) if cursor else None,
+            limit=size + 1,
+        )
+        async with self._db.read() as conn:
+            rows = (await conn.execute(query)).mappings().all()
+        items = [Episode.model_validate(row) for row in rows[:size]]
+        more = len(rows) > size
+        return Page(items=items, next_cursor=_encode_cursor(items[-1]) if more else None)
+
+    async def needing_processing(
+        self, target_stage: str, *, limit: int = PAGE_SIZE
+    ) -> builtins.list[Episode]:
+        """Episodes not yet at ``target_stage``, least recently updated first."""
+        _check_stage(target_stage, "target_stage")
+        before = list(STAGES[: STAGES.index(target_stage)])
+        if not before:
+            return []
+        async with self._db.read() as conn:
+            rows = (await conn.execute(q.needing(before, _limit(limit)))).mappings().all()
+        return [Episode.model_validate(row) for row in rows]
+
+    async def advance_stage(
+        self,
+        episode_id: str,
+        target: str,
+        *,
+        expected: str | None = None,
+        force: bool = False,
+        duration_seconds: float | None = None,
+    ) -> Episode:
+        """Move the episode to ``target`` and log the transition.
+
+        Args:
+            episode_id: the episode.
+            target: the stage to move to; without ``force`` it must not be
+                earlier than the current stage.
+            expected: the stage the caller believes is current; if another
+                writer moved it meanwhile, this call fails with ConflictError
+                (of concurrent writers from the same stage, exactly one wins).
+            force: allow going backwards.
+            duration_seconds: how long the stage took, for the log.
+
+        Raises:
+            NotFoundError: no such episode.
+            ConflictError: the stage is no longer ``expected``.
+            InvalidInputError: an unknown stage, or backwards without ``force``.
+        """
+        _check_stage(target, "target")
+        if expected is not None:
+            _check_stage(expected, "expected")
+        allowed = None if force else list(STAGES[: STAGES.index(target) + 1])
+        if allowed is not None and expected is not None and expected not in allowed:
+            raise _backwards(expected, target)
+        update = q.set_stage(episode_id, target, allowed, expected)
+        event = hq.insert_event(
+            {
+                "episode_id": episode_id,
+                "stage": target,
+                "status": "completed",
+                "duration_seconds": duration_seconds,
+            }
+        )
+
+        async for attempt in self._db.retrying():
+            async with attempt as conn:
+                row = (await conn.execute(update)).mappings().first()
+                if row is None:
+                    current = await self._current_stage(conn, episode_id)
+                    if attempt.number > 1 and current == target:
+                        # Our earlier attempt's COMMIT landed before its connection was lost.
+                        result = await _reread(conn, episode_id)
+                        continue
+                    if expected is not None and current != expected:
+                        raise ConflictError(
+                            f"episode {episode_id!r} is at stage {current!r}, not {expected!r}",
+                            episode_id=episode_id,
+                            current=current,
+                        )
+                    raise _backwards(current, target)
+                await conn.execute(event)
+                result = Episode.model_validate(row)
+        return result
+
+    async def save(self, episode_id: str, metadata: Mapping[str, Any]) -> Episode:
+        """Replace the episode's metadata; what is saved is exactly what is read back.
+
+        Raises:
+            NotFoundError: no such episode.
+            InvalidInputError: not a JSON object, not serialisable, or too large.
+        """
+        document = self._check_metadata(metadata)
+        return await self._write_metadata(episode_id, lambda _current: document)
+
+    async def patch_metadata(self, episode_id: str, patch: Mapping[str, Any]) -> Episode:
+        """Apply a JSON merge patch (RFC 7396) to the episode's metadata.
+
+        Raises:
+            NotFoundError: no such episode.
+            InvalidInputError: the patch or its result is invalid or too large.
+        """
+        if not isinstance(patch, Mapping):
+            raise InvalidInputError("the patch must be a JSON object", field="metadata")
+        self._check_metadata(patch)
+
+        def apply(current: dict[str, Any]) -> dict[str, Any]:
+            merged = merge_patch(current, patch)
+            return self._check_metadata(merged)
+
+        return await self._write_metadata(episode_id, apply)
+
+    async def update_source(
+        self,
+        episode_id: str,
+        *,
+        source_path: str,
+        hash: str,
+        file_size: int | None = None,
+        last_modified: datetime | None = None,
+    ) -> Episode:
+        """Point the episode at a new or changed source file.
+
+        Raises:
+            NotFoundError: no such episode.
+            ConflictError: another episode has this hash.
+        """
+        _check_text(source_path, "source_path")
+        _check_text(hash, "hash")
+        values = {
+            "source_path": source_path,
+            "hash": hash,
+            "file_size": file_size,
+            "last_modified": _aware(last_modified, "last_modified"),
+        }
+
+        async def work(conn: AsyncConnection) -> Episode:
+            row = (await conn.execute(q.set_values(episode_id, values))).mappings().first()
+            if row is None:
+                raise _not_found(episode_id)
+            episode = Episode.model_validate(row)
+            await upsert_index(
+                conn, self._db.dialect, episode_id, source_path, file_size, episode.metadata
+            )
+            return episode
+
+        return await self._db.transaction(work)
+
+    async def rename(self, episode_id: str, new_id: str) -> Episode:
+        """Change the episode's id; every child row follows (ON UPDATE CASCADE).
+
+        Raises:
+            NotFoundError: no such episode.
+            ConflictError: ``new_id`` is taken.
+        """
+        _check_id(new_id, "new_id")
+
+        async def work(conn: AsyncConnection) -> Episode:
+            if new_id != episode_id and (await conn.execute(q.exists(new_id))).first():
+                raise ConflictError(f"episode id {new_id!r} is taken", field="new_id")
+            row = (await conn.execute(q.set_values(episode_id, {"id": new_id}))).mappings().first()
+            if row is None:
+                if (await conn.execute(q.exists(new_id))).first():
+                    return await _reread(conn, new_id)  # an earlier attempt committed
+                raise _not_found(episode_id)
+            return Episode.model_validate(row)
+
+        return await self._db.transaction(work)
+
+    async def delete(self, episode_id: str) -> None:
+        """Delete the episode and everything hanging off it.
+
+        Raises:
+            NotFoundError: no such episode.
+        """
+
+        # Deleted by any attempt counts: a retry after a COMMIT that landed finds nothing.
+        deleted = False
+        async for attempt in self._db.retrying():
+            async with attempt as conn:
+                deleted = (await conn.execute(q.remove(episode_id))).first() is not None or deleted
+        if not deleted:
+            raise _not_found(episode_id)
+
+    async def stats(self, *, window: timedelta = STATS_WINDOW) -> EpisodeStats:
+        """Totals by stage, and activity, failure rate and mean durations over ``window``."""
+        since = datetime.now(UTC) - window
+        async with self._db.read() as conn:
+            by_stage = dict((await conn.execute(q.count_by_stage())).tuples().all())
+            events, failures = (await conn.execute(q.log_activity_since(since))).one()
+            durations = dict((await conn.execute(q.mean_duration_by_stage(since))).tuples().all())
+        stages = {
+            stage: StageStats(
+                episodes=int(by_stage.get(stage, 0)),
+                mean_duration_seconds=_float(durations.get(stage)),
+            )
+            for stage in STAGES
+        }
+        finished = int(events)
+        return EpisodeStats(
+            total=sum(int(n) for n in by_stage.values()),
+            by_stage=stages,
+            events_last_24h=finished,
+            failures_last_24h=int(failures),
+            failure_rate_last_24h=int(failures) / finished if finished else 0.0,
+        )
+
+    async def _current_stage(self, conn: AsyncConnection, episode_id: str) -> str:
+        stage = (
+            await conn.execute(q.by_id(episode_id).with_only_columns(episodes.c.stage))
+        ).scalar()
+        if stage is None:
+            raise _not_found(episode_id)
+        return str(stage)
+
+    async def _write_metadata(self, episode_id: str, change: Any) -> Episode:
+        async def work(conn: AsyncConnection) -> Episode:
+            row = (await conn.execute(q.by_id(episode_id, for_update=True))).mappings().first()
+            if row is None:
+                raise _not_found(episode_id)
+            document = change(dict(row["metadata"]))
+            updated = (await conn.execute(q.set_metadata(episode_id, document))).mappings().one()
+            await upsert_index(
+                conn, self._db.dialect, episode_id, row["source_path"], row["file_size"], document
+            )
+            return Episode.model_validate(updated)
+
+        return await self._db.transaction(work)
+
+    def _check_metadata(self, metadata: Any) -> dict[str, Any]:
+        if not isinstance(metadata, Mapping):
+            raise InvalidInputError("metadata must be a JSON object", field="metadata")
+        try:
+            text = _json.dumps(metadata)
+        except (TypeError, ValueError) as error:
+            raise InvalidInputError(
+                f"metadata is not JSON-serialisable: {error}", field="metadata"
+            ) from None
+        size = len(text.encode("utf-8"))
+        if size > self._max_metadata_bytes:
+            raise InvalidInputError(
+                f"metadata is {size} bytes, over the {self._max_metadata_bytes}-byte limit",
+                field="metadata",
+            )
+        # A copy that is exactly what will be stored (tuples become lists, keys strings).
+        document: dict[str, Any] = _json.loads(text)
+        return document
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7396 JSON merge patch: ``null`` deletes, objects merge, anything else replaces."""
+    if not isinstance(patch, Mapping):
+        return patch
+    result = dict(target) if isinstance(target, Mapping) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
+
+
+def _candidates(base: str) -> Any:
+    yield base
+    for n in count(2):
+        yield f"{base}-{n}"
+
+
+async def _reread(conn: AsyncConnection, episode_id: str) -> Episode:
+    row = (await conn.execute(q.by_id(episode_id))).mappings().one()
+    return Episode.model_validate(row)
+
+
+def _check_text(value: Any, field: str) -> None:
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidInputError(f"{field} must be a non-empty string", field=field)
+    if "\x00" in value:
+        raise InvalidInputError(f"{field} must not contain NUL characters", field=field)
+
+
+def _check_id(value: Any, field: str) -> None:
+    _check_text(value, field)
+    if len(value) > MAX_ID_LENGTH:
+        raise InvalidInputError(f"{field} is longer than {MAX_ID_LENGTH} characters", field=field)
+
+
+def _check_stage(stage: Any, field: str) -> None:
+    if stage not in STAGES:
+        raise InvalidInputError(
+            f"{field}: unknown stage {stage!r}; stages are {', '.join(STAGES)}", field=field
+        )
+
+
+def _aware(value: datetime | None, field: str) -> datetime | None:
+    if value is not None and value.tzinfo is None:
+        raise InvalidInputError(f"{field} must carry a timezone", field=field)
+    return value
+
+
+def _limit(limit: int) -> int:
+    if not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE_SIZE:
+        raise InvalidInputError(f"limit must be between 1 and {MAX_PAGE_SIZE}", field="limit")
+    return limit
+
+
+def _float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _backwards(current: str, target: str) -> InvalidInputError:
+    return InvalidInputError(
+        f"stage cannot go back from {current!r} to {target!r} without force", field="stage"
+    )
+
+
+def _not_found(episode_id: str) -> NotFoundError:
+    return NotFoundError(f"episode {episode_id!r} does not exist", episode_id=episode_id)
+
+
+def _encode_cursor(episode: Episode) -> str:
+    raw = json.dumps([episode.updated_at.isoformat(), episode.id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        stamp, episode_id = json.loads(raw)
+        moment = datetime.fromisoformat(stamp)
+        if moment.tzinfo is None or not isinstance(episode_id, str):
+            raise ValueError(cursor)
+    except (ValueError, TypeError, binascii.Error, json.JSONDecodeError):
+        raise InvalidInputError("cursor is not one this API returned", field="cursor") from None
+    return moment, episode_id

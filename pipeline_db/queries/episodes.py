@@ -1,0 +1,176 @@
+"""Every statement of the episodes aggregate, in SQLAlchemy Core, one function per query."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    Insert,
+    Select,
+    Update,
+    and_,
+    case,
+    delete,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    tuple_,
+    update,
+)
+from sqlalchemy.sql.dml import ReturningDelete
+
+from pipeline_db.queries import insert_for
+from pipeline_db.schema import episodes, file_name, json_metadata_index, processing_log
+
+EPISODE_COLUMNS = tuple(episodes.c)
+
+
+def by_id(episode_id: str, *, for_update: bool = False) -> Select[Any]:
+    """The episode with this id."""
+    query = select(*EPISODE_COLUMNS).where(episodes.c.id == episode_id)
+    return query.with_for_update() if for_update else query
+
+
+def by_hash(content_hash: str) -> Select[Any]:
+    """The episode with this content hash."""
+    return select(*EPISODE_COLUMNS).where(episodes.c.hash == content_hash)
+
+
+def exists(episode_id: str) -> Select[Any]:
+    """1 if the episode exists."""
+    return select(literal(1)).where(episodes.c.id == episode_id)
+
+
+def ids_like(base_id: str) -> Select[Any]:
+    """Ids equal to ``base_id`` or of the form ``base_id-<suffix>``."""
+    pattern = base_id.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "-%"
+    return select(episodes.c.id).where(
+        or_(episodes.c.id == base_id, episodes.c.id.like(pattern, escape="\\"))
+    )
+
+
+def by_file_name(name: str, limit: int) -> Select[Any]:
+    """Episodes whose source file is called ``name`` (case-insensitive, exact)."""
+    return (
+        select(*EPISODE_COLUMNS)
+        .where(file_name(episodes.c.source_path) == name.lower())
+        .order_by(episodes.c.id)
+        .limit(limit)
+    )
+
+
+def page(
+    *,
+    stages: list[str] | None,
+    show: str | None,
+    updated_since: datetime | None,
+    after: tuple[datetime, str] | None,
+    limit: int,
+) -> Select[Any]:
+    """One keyset page in (updated_at, id) order, filtered."""
+    query = select(*EPISODE_COLUMNS)
+    if stages:
+        query = query.where(episodes.c.stage.in_(stages))
+    if show is not None:
+        shows = select(json_metadata_index.c.episode_id).where(
+            json_metadata_index.c.show_name == show
+        )
+        query = query.where(episodes.c.id.in_(shows))
+    if updated_since is not None:
+        query = query.where(episodes.c.updated_at >= updated_since)
+    if after is not None:
+        query = query.where(tuple_(episodes.c.updated_at, episodes.c.id) > tuple_(*after))
+    return query.order_by(episodes.c.updated_at, episodes.c.id).limit(limit)
+
+
+def insert_new(values: dict[str, Any]) -> Insert:
+    """Insert one episode."""
+    return insert(episodes).values(**values).returning(*EPISODE_COLUMNS)
+
+
+def set_stage(
+    episode_id: str, target: str, allowed_from: list[str] | None, expected: str | None
+) -> Update:
+    """Move the episode to ``target`` if its stage is ``expected`` / one of ``allowed_from``."""
+    conditions = [episodes.c.id == episode_id]
+    if expected is not None:
+        conditions.append(episodes.c.stage == expected)
+    if allowed_from is not None:
+        conditions.append(episodes.c.stage.in_(allowed_from))
+    return (
+        update(episodes).where(and_(*conditions)).values(stage=target).returning(*EPISODE_COLUMNS)
+    )
+
+
+def set_metadata(episode_id: str, metadata: dict[str, Any]) -> Update:
+    """Replace the episode's metadata document."""
+    return (
+        update(episodes)
+        .where(episodes.c.id == episode_id)
+        .values(metadata=metadata)
+        .returning(*EPISODE_COLUMNS)
+    )
+
+
+def set_values(episode_id: str, values: dict[str, Any]) -> Update:
+    """Update the given columns of the episode."""
+    return (
+        update(episodes)
+        .where(episodes.c.id == episode_id)
+        .values(**values)
+        .returning(*EPISODE_COLUMNS)
+    )
+
+
+def remove(episode_id: str) -> ReturningDelete[Any]:
+    """Delete the episode (its children cascade)."""
+    return delete(episodes).where(episodes.c.id == episode_id).returning(episodes.c.id)
+
+
+def needing(before: list[str], limit: int) -> Select[Any]:
+    """Episodes whose stage is one of ``before``, oldest update first."""
+    return (
+        select(*EPISODE_COLUMNS)
+        .where(episodes.c.stage.in_(before))
+        .order_by(episodes.c.updated_at, episodes.c.id)
+        .limit(limit)
+    )
+
+
+def count_by_stage() -> Select[Any]:
+    """Episodes per stage."""
+    return select(episodes.c.stage, func.count()).group_by(episodes.c.stage)
+
+
+def log_activity_since(since: datetime) -> Select[Any]:
+    """Events and failures in processing_log since ``since``."""
+    return select(
+        func.count(),
+        func.coalesce(func.sum(case((processing_log.c.status == "failed", 1), else_=0)), 0),
+    ).where(processing_log.c.timestamp >= since)
+
+
+def mean_duration_by_stage(since: datetime) -> Select[Any]:
+    """Mean duration of completed events per stage since ``since``."""
+    return (
+        select(processing_log.c.stage, func.avg(processing_log.c.duration_seconds))
+        .where(
+            processing_log.c.timestamp >= since,
+            processing_log.c.status == "completed",
+            processing_log.c.duration_seconds.is_not(None),
+        )
+        .group_by(processing_log.c.stage)
+    )
+
+
+def insert_new_or_nothing(dialect: str, values: dict[str, Any]) -> Insert:
+    """Insert one episode unless its id or hash is taken (then no row is returned)."""
+    return (
+        insert_for(dialect, episodes)
+        .values(**values)
+        .on_conflict_do_nothing()
+        .returning(*EPISODE_COLUMNS)
+    )

@@ -1,0 +1,47 @@
+"""Every statement of the processing log and metrics, in SQLAlchemy Core."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Insert, Select, insert, select
+from sqlalchemy.sql.dml import ReturningInsert
+
+from pipeline_db.schema import processing_log, processing_metrics
+
+LOG_COLUMNS = tuple(processing_log.c)
+
+
+def insert_event(values: dict[str, Any]) -> Insert:
+    """Append one processing_log event."""
+    return insert(processing_log).values(**values)
+
+
+def insert_event_returning(values: dict[str, Any]) -> ReturningInsert[Any]:
+    """Append one processing_log event and return it."""
+    return insert(processing_log).values(**values).returning(*LOG_COLUMNS)
+
+
+def events_of(episode_id: str, limit: int) -> Select[Any]:
+    """An episode's events in time order (id breaks ties)."""
+    return (
+        select(*LOG_COLUMNS)
+        .where(processing_log.c.episode_id == episode_id)
+        .order_by(processing_log.c.timestamp, processing_log.c.id)
+        .limit(limit)
+    )
+
+
+def insert_metrics() -> Insert:
+    """Insert metric rows (executemany)."""
+    return insert(processing_metrics)
+
+
+def metric_values(metric_name: str, stage: str | None) -> Select[Any]:
+    """(stage, value) of one metric, sorted by stage then value."""
+    query = select(processing_metrics.c.stage, processing_metrics.c.metric_value).where(
+        processing_metrics.c.metric_name == metric_name
+    )
+    if stage is not None:
+        query = query.where(processing_metrics.c.stage == stage)
+    return query.order_by(processing_metrics.c.stage, processing_metrics.c.metric_value)
