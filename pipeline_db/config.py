@@ -56,6 +56,7 @@ _URL_SCHEMES = {
     "postgresql": "postgresql",
     "postgresql+asyncpg": "postgresql",
 }
+_ENCODE_HINT = "percent-encode @ : / % # and spaces in its password (@ is %40)"
 _VAR = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -152,13 +153,27 @@ class DatabaseConfig(_Model):
 
 
 def _backend_of(url: str) -> str:
-    try:
-        scheme = make_url(url).drivername
-    except ArgumentError:
-        raise ValueError("url is not a database URL") from None
+    if url.split("?", 1)[0].count("@") > 1:
+        # "user:p@ss@host/db" parses with host "ss@host" and "user:p@ss/x@host/db"
+        # with database "x@host/db": pieces of the password would be logged.
+        raise ValueError(f"url has more than one '@'; {_ENCODE_HINT}")
+    parsed = _parse_url(url)
+    if parsed is None:
+        raise ValueError(f"url is not a database URL; {_ENCODE_HINT}")
+    scheme = parsed.drivername
     if scheme not in _URL_SCHEMES:
         raise ValueError(f"url scheme {scheme!r} is not one of {sorted(_URL_SCHEMES)}")
     return _URL_SCHEMES[scheme]
+
+
+def _parse_url(url: str) -> URL | None:
+    # make_url's own errors quote pieces of the URL (a password with an unencoded
+    # ":" ends up in "invalid literal for int()"): none is passed on, not even as
+    # the __context__ of ours, so callers raise outside this handler.
+    try:
+        return make_url(url)
+    except (ArgumentError, ValueError):
+        return None
 
 
 def interpolate(value: Any, environ: Mapping[str, str], key: str = "") -> Any:
@@ -215,7 +230,11 @@ def database_config(
     try:
         return DatabaseConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigurationError(_describe(exc, "database"), key="database") from None
+        message = _describe(exc, "database")
+    # Raised outside the handler: a ValidationError quotes its input, secrets
+    # included, and must not ride along as __context__ (``from None`` would only
+    # hide it from tracebacks).
+    raise ConfigurationError(message, key="database")
 
 
 def load_config(
@@ -237,10 +256,7 @@ def load_config(
         if explicit:
             raise ConfigurationError(f"configuration file {file} does not exist", key="config")
         return {}
-    try:
-        loaded = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigurationError(f"{file} is not valid YAML: {exc}", key="config") from None
+    loaded = _read_yaml(file) or {}
     if not isinstance(loaded, dict):
         raise ConfigurationError(f"{file}: the top level must be a mapping", key="config")
     result: dict[str, Any] = interpolate(loaded, env)
@@ -261,14 +277,48 @@ def load_database_config(
     return database_config(section, environ=environ)
 
 
+def _read_yaml(file: Path) -> Any:
+    try:
+        return yaml.safe_load(file.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        problem = _yaml_problem(exc)
+    # Raised outside the handler: the YAMLError quotes the offending line, which
+    # may hold a password, and must not become our __context__.
+    raise ConfigurationError(f"{file} is not valid YAML: {problem}", key="config")
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """The problem and where it is, without the quoted line."""
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+        mark = exc.problem_mark
+        return f"{exc.problem} at line {mark.line + 1}, column {mark.column + 1}"
+    return type(exc).__name__
+
+
 def _describe(exc: ValidationError, section: str) -> str:
     problems = []
     for error in exc.errors(include_url=False):
         loc = ".".join(str(part) for part in (section, *error["loc"]))
         message = error["msg"]
         if error["type"] == "extra_forbidden":
-            message = "unknown key; allowed keys: " + ", ".join(sorted(DatabaseConfig.model_fields))
-        elif error["loc"] and str(error["loc"][-1]) not in SECRET_FIELDS:
+            allowed = _model_at(error["loc"][:-1]).model_fields
+            message = "unknown key; allowed keys: " + ", ".join(sorted(allowed))
+        elif error["type"] == "value_error":
+            # Our own validators' messages, without pydantic's "Value error, " prefix.
+            message = str(error.get("ctx", {}).get("error", message))
+        elif error["loc"] and not SECRET_FIELDS.intersection(map(str, error["loc"])):
             message += f" (got {error['input']!r})"
         problems.append(f"{loc}: {message}")
     return "invalid configuration: " + "; ".join(problems)
+
+
+def _model_at(loc: tuple[int | str, ...]) -> type[BaseModel]:
+    """The model that holds the keys at ``loc`` (``("retry",)`` is a RetryPolicy)."""
+    model: type[BaseModel] = DatabaseConfig
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        annotation = field.annotation if field is not None else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            break
+        model = annotation
+    return model
