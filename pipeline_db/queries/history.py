@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Insert, Select, insert, select
+from sqlalchemy import Insert, Select, func, insert, select
 from sqlalchemy.sql.dml import ReturningInsert
 
 from pipeline_db.schema import processing_log, processing_metrics
@@ -45,3 +45,15 @@ def metric_values(metric_name: str, stage: str | None) -> Select[Any]:
     if stage is not None:
         query = query.where(processing_metrics.c.stage == stage)
     return query.order_by(processing_metrics.c.stage, processing_metrics.c.metric_value)
+
+
+def metric_summary(metric_name: str, stage: str | None) -> Select[Any]:
+    """(stage, count, mean) of one metric per stage."""
+    m = processing_metrics.c
+    query = (
+        select(m.stage, func.count(), func.avg(m.metric_value))
+        .where(m.metric_name == metric_name)
+        .group_by(m.stage)
+        .order_by(m.stage)
+    )
+    return query.where(m.stage == stage) if stage is not None else query

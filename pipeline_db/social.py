@@ -1,0 +1,226 @@
+"""Social-media packaging jobs of episodes, and the backup log."""
+
+from __future__ import annotations
+
+import builtins
+import math
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from pipeline_db import _json
+from pipeline_db.database import Database
+from pipeline_db.errors import InvalidInputError, NotFoundError
+from pipeline_db.models import BackupRecord, SocialJob
+from pipeline_db.queries import episodes as eq
+from pipeline_db.queries import social as q
+
+SOCIAL_STATUSES = ("pending", "running", "completed", "failed", "cancelled")
+FINISHED = frozenset({"completed", "failed"})
+LIST_LIMIT = 100
+_UNSET: Any = object()
+
+
+class SocialJobs:
+    """Create, update, read, list and delete social jobs."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def create(
+        self,
+        *,
+        episode_id: str,
+        platforms: builtins.list[str],
+        job_id: str | None = None,
+        metadata: Any = None,
+    ) -> SocialJob:
+        """Create a pending social job for an episode.
+
+        Raises:
+            NotFoundError: no such episode.
+            InvalidInputError: platforms is not a non-empty list of strings.
+        """
+        if (
+            not isinstance(platforms, builtins.list)
+            or not platforms
+            or not all(isinstance(p, str) and p for p in platforms)
+        ):
+            raise InvalidInputError(
+                "platforms must be a non-empty list of strings", field="platforms"
+            )
+        _check_json(metadata, "metadata")
+        values = {
+            "job_id": job_id or uuid.uuid4().hex,
+            "episode_id": episode_id,
+            "platforms": platforms,
+            "status": "pending",
+            "progress": 0.0,
+            "metadata": metadata,
+        }
+
+        async def work(conn: AsyncConnection) -> SocialJob:
+            if (await conn.execute(eq.exists(episode_id))).first() is None:
+                raise NotFoundError(f"episode {episode_id!r} does not exist", episode_id=episode_id)
+            existing = (await conn.execute(q.job(values["job_id"]))).mappings().first()
+            if existing is not None:  # a retry after a COMMIT that landed
+                return SocialJob.model_validate(existing)
+            return SocialJob.model_validate(
+                (await conn.execute(q.insert_job(values))).mappings().one()
+            )
+
+        return await self._db.transaction(work)
+
+    async def update(
+        self,
+        job_id: str,
+        *,
+        status: str | None = None,
+        progress: float | None = None,
+        packages_generated: Any = _UNSET,
+        errors: Any = _UNSET,
+        warnings: Any = _UNSET,
+    ) -> SocialJob:
+        """Update a job; ``completed_at`` is set when it completes or fails.
+
+        Raises:
+            NotFoundError: no such job.
+            InvalidInputError: an unknown status, a progress outside [0, 100].
+        """
+        values: dict[str, Any] = {}
+        if status is not None:
+            if status not in SOCIAL_STATUSES:
+                raise InvalidInputError(
+                    f"status must be one of {', '.join(SOCIAL_STATUSES)}, not {status!r}",
+                    field="status",
+                )
+            values["status"] = status
+            values["completed_at"] = datetime.now(UTC) if status in FINISHED else None
+        if progress is not None:
+            if (
+                isinstance(progress, bool)
+                or not isinstance(progress, int | float)
+                or not (math.isfinite(progress) and 0 <= progress <= 100)
+            ):
+                raise InvalidInputError("progress must be between 0 and 100", field="progress")
+            values["progress"] = float(progress)
+        for name, value in (
+            ("packages_generated", packages_generated),
+            ("errors", errors),
+            ("warnings", warnings),
+        ):
+            if value is not _UNSET:
+                _check_json(value, name)
+                values[name] = value
+
+        async def work(conn: AsyncConnection) -> SocialJob:
+            if not values:
+                row = (await conn.execute(q.job(job_id))).mappings().first()
+            else:
+                row = (await conn.execute(q.set_job(job_id, values))).mappings().first()
+            if row is None:
+                raise _not_found(job_id)
+            return SocialJob.model_validate(row)
+
+        return await self._db.transaction(work)
+
+    async def get(self, job_id: str) -> SocialJob:
+        """The job with this id.
+
+        Raises:
+            NotFoundError: no such job.
+        """
+        async with self._db.read() as conn:
+            row = (await conn.execute(q.job(job_id))).mappings().first()
+        if row is None:
+            raise _not_found(job_id)
+        return SocialJob.model_validate(row)
+
+    async def list(
+        self, *, episode_id: str | None = None, status: str | None = None, limit: int = LIST_LIMIT
+    ) -> builtins.list[SocialJob]:
+        """Jobs, newest first, optionally of one episode and/or status."""
+        if not 1 <= limit <= 1000:
+            raise InvalidInputError("limit must be between 1 and 1000", field="limit")
+        async with self._db.read() as conn:
+            rows = (await conn.execute(q.jobs(episode_id, status, limit))).mappings().all()
+        return [SocialJob.model_validate(row) for row in rows]
+
+    async def delete(self, job_id: str) -> None:
+        """Delete a job.
+
+        Raises:
+            NotFoundError: no such job.
+        """
+        deleted = False
+        async for attempt in self._db.retrying():
+            async with attempt as conn:
+                deleted = (await conn.execute(q.remove_job(job_id))).first() is not None or deleted
+        if not deleted:
+            raise _not_found(job_id)
+
+    async def stats(self) -> dict[str, int]:
+        """Jobs per status."""
+        async with self._db.read() as conn:
+            counts = dict((await conn.execute(q.jobs_by_status())).tuples().all())
+        return {status: int(counts.get(status, 0)) for status in SOCIAL_STATUSES} | {
+            str(k): int(v) for k, v in counts.items() if k not in SOCIAL_STATUSES
+        }
+
+
+class BackupLog:
+    """The record of backups taken and restored."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def record(self, path: str, *, size: int | None, checksum: str | None) -> BackupRecord:
+        """Record a backup file with its size in bytes and checksum."""
+        if not path:
+            raise InvalidInputError("path must not be empty", field="backup_path")
+        values = {"backup_path": path, "backup_size": size, "checksum": checksum}
+
+        async def work(conn: AsyncConnection) -> BackupRecord:
+            return BackupRecord.model_validate(
+                (await conn.execute(q.insert_backup(values))).mappings().one()
+            )
+
+        return await self._db.transaction(work, idempotent=False)
+
+    async def mark_restored(self, backup_id: int) -> BackupRecord:
+        """Mark a backup as restored now.
+
+        Raises:
+            NotFoundError: no such backup.
+        """
+
+        async def work(conn: AsyncConnection) -> BackupRecord:
+            row = (
+                (await conn.execute(q.mark_restored(backup_id, datetime.now(UTC))))
+                .mappings()
+                .first()
+            )
+            if row is None:
+                raise NotFoundError(f"backup {backup_id} does not exist", backup_id=backup_id)
+            return BackupRecord.model_validate(row)
+
+        return await self._db.transaction(work)
+
+    async def list(self, *, limit: int = LIST_LIMIT) -> builtins.list[BackupRecord]:
+        """Backups, newest first."""
+        async with self._db.read() as conn:
+            rows = (await conn.execute(q.backups(limit))).mappings().all()
+        return [BackupRecord.model_validate(row) for row in rows]
+
+
+def _not_found(job_id: str) -> NotFoundError:
+    return NotFoundError(f"social job {job_id!r} does not exist", job_id=job_id)
+
+
+def _check_json(value: Any, field: str) -> None:
+    try:
+        _json.dumps(value)
+    except (TypeError, ValueError) as error:
+        raise InvalidInputError(f"{field} is not JSON-serialisable: {error}", field=field) from None
