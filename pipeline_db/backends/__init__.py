@@ -52,7 +52,13 @@ class Backend(Protocol):
         ...
 
     async def begin(
-        self, conn: AsyncConnection, *, write: bool, isolation: str | None, readonly: bool
+        self,
+        conn: AsyncConnection,
+        *,
+        write: bool,
+        isolation: str | None,
+        readonly: bool,
+        autocommit: bool = False,
     ) -> None:
         """Start a transaction on ``conn`` with the requested properties."""
         ...

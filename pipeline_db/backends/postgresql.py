@@ -99,9 +99,21 @@ class PostgreSQLBackend:
         return None
 
     async def begin(
-        self, conn: AsyncConnection, *, write: bool, isolation: str | None, readonly: bool
+        self,
+        conn: AsyncConnection,
+        *,
+        write: bool,
+        isolation: str | None,
+        readonly: bool,
+        autocommit: bool = False,
     ) -> None:
-        """BEGIN with the requested isolation level and access mode."""
+        """BEGIN with the requested isolation level and access mode.
+
+        With ``autocommit`` no BEGIN is sent: each statement is its own transaction.
+        """
+        if autocommit:
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
+            return
         options: dict[str, Any] = {}
         if isolation is not None:
             options["isolation_level"] = isolation

@@ -117,12 +117,19 @@ class SQLiteBackend:
         return Fault("other", "database", name, message)
 
     async def begin(
-        self, conn: AsyncConnection, *, write: bool, isolation: str | None, readonly: bool
+        self,
+        conn: AsyncConnection,
+        *,
+        write: bool,
+        isolation: str | None,
+        readonly: bool,
+        autocommit: bool = False,
     ) -> None:
         """BEGIN IMMEDIATE for writes, a deferred BEGIN for reads.
 
         SQLite transactions are always serializable, so every ``isolation``
-        level is honoured (or exceeded) as is.
+        level is honoured (or exceeded) as is; ``autocommit`` is ignored (a
+        write still takes the write lock up front).
         """
         mode = "IMMEDIATE" if write and not readonly else "DEFERRED"
         await conn.execution_options(**{BEGIN_MODE_OPTION: mode})
