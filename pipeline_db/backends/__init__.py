@@ -43,6 +43,11 @@ class Backend(Protocol):
         """The backend's name, as in the configuration's ``type``."""
         ...
 
+    @property
+    def writable_ctes(self) -> bool:
+        """Whether INSERT/UPDATE may appear in a WITH clause (one statement, many writes)."""
+        ...
+
     def create_engine(self, config: DatabaseConfig) -> AsyncEngine:
         """Build the engine, with its pool and per-connection settings."""
         ...

@@ -41,6 +41,7 @@ class PostgreSQLBackend:
     """PostgreSQL through asyncpg."""
 
     name: Literal["postgresql"] = "postgresql"
+    writable_ctes = True
 
     def create_engine(self, config: DatabaseConfig) -> AsyncEngine:
         """Build an asyncpg-backed engine with the configured pool and server settings."""

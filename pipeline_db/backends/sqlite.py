@@ -53,6 +53,7 @@ class SQLiteBackend:
     """
 
     name: Literal["sqlite"] = "sqlite"
+    writable_ctes = False
 
     def __init__(self) -> None:
         self._write_lock = asyncio.Lock()

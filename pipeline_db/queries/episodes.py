@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    Double,
     Insert,
     Select,
     Update,
@@ -103,6 +104,31 @@ def set_stage(
     return (
         update(episodes).where(and_(*conditions)).values(stage=target).returning(*EPISODE_COLUMNS)
     )
+
+
+def move_and_log(
+    episode_id: str,
+    target: str,
+    allowed_from: list[str] | None,
+    expected: str | None,
+    duration_seconds: float | None,
+) -> Select[Any]:
+    """Move the episode and log the transition in ONE statement (needs writable CTEs)."""
+    moved = set_stage(episode_id, target, allowed_from, expected).cte("moved")
+    logged = (
+        insert(processing_log)
+        .from_select(
+            ["episode_id", "stage", "status", "duration_seconds"],
+            select(
+                moved.c.id,
+                literal(target),
+                literal("completed"),
+                literal(duration_seconds, Double()),
+            ),
+        )
+        .cte("logged")
+    )
+    return select(*moved.c).add_cte(logged)
 
 
 def set_metadata(episode_id: str, metadata: dict[str, Any]) -> Update:
