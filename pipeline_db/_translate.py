@@ -34,7 +34,7 @@ def translate(error: BaseException, backend: Backend) -> PipelineDBError | None:
                 fault.code if fault else None,
                 fault.message if fault else "the database connection was lost",
             )
-        return from_fault(fault or Fault("other", "database", None, type(error.orig).__name__))
+        return from_fault(fault or Fault("other", "database", None, _describe(error.orig)))
     if isinstance(error, sa_exc.TimeoutError):
         return TransientError(
             "timed out waiting for a connection from the pool", cause="pool_timeout"
@@ -46,6 +46,14 @@ def translate(error: BaseException, backend: Backend) -> PipelineDBError | None:
         return InterfaceError(f"{type(error).__name__} raised by the SQL layer")
     fault = backend.classify(error)
     return from_fault(fault) if fault is not None else None
+
+
+def _describe(error: BaseException | None) -> str:
+    """The driver's own message (first line), never SQL text or parameters."""
+    if error is None:
+        return "the database reported an error"
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
 
 
 def from_fault(fault: Fault) -> PipelineDBError:
