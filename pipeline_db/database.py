@@ -26,10 +26,11 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Literal, TypeGuard, TypeVar
 
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from pipeline_db._translate import translate
-from pipeline_db.backends import Backend, backend_for
+from pipeline_db.backends import Backend, CommitFailed, backend_for
 from pipeline_db.config import DatabaseConfig
 from pipeline_db.errors import InterfaceError, TransientError
 from pipeline_db.retry import Retrying
@@ -101,6 +102,7 @@ class Database:
         if self._engine is not None:
             engine, self._engine = self._engine, None
             await engine.dispose()
+            await self.backend.dispose()
 
     async def __aenter__(self) -> Database:
         await self.open()
@@ -163,6 +165,58 @@ class Database:
                 result = await work(conn)
         return result
 
+    async def run_sync(
+        self,
+        work: Callable[[Connection], T],
+        *,
+        isolation: Isolation | None = None,
+        readonly: bool = False,
+        idempotent: bool = True,
+        autocommit: bool = False,
+    ) -> T:
+        """Run a synchronous ``work(conn)`` in a transaction, retried as :meth:`transaction`.
+
+        ``conn`` is a SQLAlchemy ``Connection`` (as in ``AsyncConnection.run_sync``);
+        ``work`` must not block on anything but its statements. The whole
+        transaction runs in one greenlet over asyncpg (PostgreSQL) or in one
+        worker thread on a sqlite3 connection (SQLite), so it costs one switch
+        instead of one per statement: the library's own operations use it.
+        Arguments, retries and errors are those of :meth:`transaction`.
+        """
+        retrying = self.retrying(
+            isolation=isolation, readonly=readonly, idempotent=idempotent, autocommit=autocommit
+        )
+        write = not readonly
+        slot = self.backend.writer_slot if write else contextlib.nullcontext
+
+        async def attempt() -> T:
+            async with slot():
+                await self._acquire_slot()
+                try:
+                    return await self.backend.run_sync(
+                        self.engine,
+                        work,
+                        write=write,
+                        isolation=isolation,
+                        readonly=readonly,
+                        autocommit=autocommit,
+                    )
+                except CommitFailed as failed:
+                    cause = failed.__cause__ if isinstance(failed.__cause__, Exception) else failed
+                    translated = self._translate(cause)
+                    if _lost(translated):
+                        translated.context["during_commit"] = True
+                    raise translated from cause
+                except Exception as error:
+                    translated = self._translate(error)
+                    if autocommit and _lost(translated):
+                        translated.context["during_commit"] = True
+                    raise translated from error
+                finally:
+                    self._slots.release()
+
+        return await retrying.call(attempt)
+
     def retrying(
         self,
         *,
@@ -216,13 +270,16 @@ class Database:
             waiting=self._waiting,
         )
 
-    async def _checkout(self, engine: AsyncEngine) -> AsyncConnection:
-        """Take a pool slot (fairly), then a connection; the caller releases the slot."""
+    async def _acquire_slot(self) -> None:
         self._waiting += 1
         try:
             await self._slots.acquire()
         finally:
             self._waiting -= 1
+
+    async def _checkout(self, engine: AsyncEngine) -> AsyncConnection:
+        """Take a pool slot (fairly), then a connection; the caller releases the slot."""
+        await self._acquire_slot()
         try:
             conn = await engine.connect()
         except BaseException as error:

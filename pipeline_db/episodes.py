@@ -11,11 +11,13 @@ import base64
 import binascii
 import builtins
 import json
+import re
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from itertools import count
 from typing import Any
 
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import Executable
 
@@ -25,7 +27,7 @@ from pipeline_db.errors import ConflictError, InvalidInputError, NotFoundError
 from pipeline_db.models import Episode, EpisodeStats, Page, Registration, StageStats
 from pipeline_db.queries import episodes as q
 from pipeline_db.queries import history as hq
-from pipeline_db.schema import STAGES, episodes
+from pipeline_db.schema import STAGES
 from pipeline_db.search import upsert_index
 
 MAX_METADATA_BYTES = 4 * 1024 * 1024
@@ -33,6 +35,10 @@ MAX_ID_LENGTH = 255
 PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
 STATS_WINDOW = timedelta(hours=24)
+
+# A \u0000 escape in JSON text: its backslash may follow escaped backslashes
+# ("\\\\"), never a lone one (then "\\u0000" is six literal characters).
+_JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
 
 class Episodes:
@@ -99,9 +105,8 @@ class Episodes:
                 if row is None:  # a concurrent registration took the hash or the id: look again
                     continue
                 await conn.execute(
-                    hq.insert_event(
-                        {"episode_id": free, "stage": "registration", "status": "completed"}
-                    )
+                    hq.insert_event(),
+                    {"episode_id": free, "stage": "registration", "status": "completed"},
                 )
                 await upsert_index(conn, self._db.dialect, free, source_path, file_size, document)
                 return Registration(episode=Episode.model_validate(row), duplicate=False)
@@ -226,42 +231,51 @@ class Episodes:
         # Where the backend has writable CTEs, the move and its log row are one
         # statement committing on its own: one round trip instead of four.
         one_statement = self._db.backend.writable_ctes
-        statements: builtins.list[Executable]
+        shape = {"expected": expected is not None, "restricted": allowed is not None}
+        params: dict[str, Any] = {"episode_id": episode_id, "target": target}
+        if expected is not None:
+            params["expected"] = expected
+        if allowed is not None:
+            params["allowed"] = allowed
+        event = {
+            "episode_id": episode_id,
+            "stage": target,
+            "status": "completed",
+            "duration_seconds": duration_seconds,
+        }
         if one_statement:
-            statements = [q.move_and_log(episode_id, target, allowed, expected, duration_seconds)]
+            move: Executable = q.move_and_log(**shape)
+            params["duration"] = duration_seconds
         else:
-            statements = [
-                q.set_stage(episode_id, target, allowed, expected),
-                hq.insert_event(
-                    {
-                        "episode_id": episode_id,
-                        "stage": target,
-                        "status": "completed",
-                        "duration_seconds": duration_seconds,
-                    }
-                ),
-            ]
+            move = q.set_stage(**shape)
 
-        async for attempt in self._db.retrying(autocommit=one_statement):
-            async with attempt as conn:
-                row = (await conn.execute(statements[0])).mappings().first()
-                if row is None:
-                    current = await self._current_stage(conn, episode_id)
-                    if attempt.number > 1 and current == target:
-                        # Our earlier attempt's COMMIT landed before its connection was lost.
-                        result = await _reread(conn, episode_id)
-                        continue
-                    if expected is not None and current != expected:
-                        raise ConflictError(
-                            f"episode {episode_id!r} is at stage {current!r}, not {expected!r}",
-                            episode_id=episode_id,
-                            current=current,
-                        )
-                    raise _backwards(current, target)
-                for statement in statements[1:]:
-                    await conn.execute(statement)
-                result = Episode.model_validate(row)
-        return result
+        attempts = 0
+
+        def work(conn: Connection) -> Episode:
+            nonlocal attempts
+            attempts += 1
+            row = conn.execute(move, params).mappings().first()
+            if row is None:
+                stage = conn.execute(q.stage_of(episode_id)).scalar()
+                if stage is None:
+                    raise _not_found(episode_id)
+                if attempts > 1 and stage == target:
+                    # Our earlier attempt's COMMIT landed before its connection was lost.
+                    return Episode.model_validate(
+                        conn.execute(q.by_id(episode_id)).mappings().one()
+                    )
+                if expected is not None and stage != expected:
+                    raise ConflictError(
+                        f"episode {episode_id!r} is at stage {stage!r}, not {expected!r}",
+                        episode_id=episode_id,
+                        current=stage,
+                    )
+                raise _backwards(stage, target)
+            if not one_statement:
+                conn.execute(hq.insert_event(), event)
+            return Episode.model_validate(row)
+
+        return await self._db.run_sync(work, autocommit=one_statement)
 
     async def save(self, episode_id: str, metadata: Mapping[str, Any]) -> Episode:
         """Replace the episode's metadata; what is saved is exactly what is read back.
@@ -366,9 +380,9 @@ class Episodes:
         """Totals by stage, and activity, failure rate and mean durations over ``window``."""
         since = datetime.now(UTC) - window
         async with self._db.read() as conn:
-            by_stage = dict((await conn.execute(q.count_by_stage())).tuples().all())
-            events, failures = (await conn.execute(q.log_activity_since(since))).one()
-            durations = dict((await conn.execute(q.mean_duration_by_stage(since))).tuples().all())
+            by_stage = {s: n for s, n in await conn.execute(q.count_by_stage())}
+            events, finished, failures = (await conn.execute(q.log_activity_since(since))).one()
+            durations = {s: d for s, d in await conn.execute(q.mean_duration_by_stage(since))}
         stages = {
             stage: StageStats(
                 episodes=int(by_stage.get(stage, 0)),
@@ -376,22 +390,14 @@ class Episodes:
             )
             for stage in STAGES
         }
-        finished = int(events)
+        # The rate is over finished events: a start followed by its failure is one failure in one.
         return EpisodeStats(
             total=sum(int(n) for n in by_stage.values()),
             by_stage=stages,
-            events_last_24h=finished,
+            events_last_24h=int(events),
             failures_last_24h=int(failures),
-            failure_rate_last_24h=int(failures) / finished if finished else 0.0,
+            failure_rate_last_24h=int(failures) / int(finished) if finished else 0.0,
         )
-
-    async def _current_stage(self, conn: AsyncConnection, episode_id: str) -> str:
-        stage = (
-            await conn.execute(q.by_id(episode_id).with_only_columns(episodes.c.stage))
-        ).scalar()
-        if stage is None:
-            raise _not_found(episode_id)
-        return str(stage)
 
     async def _write_metadata(self, episode_id: str, change: Any) -> Episode:
         async def work(conn: AsyncConnection) -> Episode:
@@ -412,11 +418,14 @@ class Episodes:
             raise InvalidInputError("metadata must be a JSON object", field="metadata")
         try:
             text = _json.dumps(metadata)
-        except (TypeError, ValueError) as error:
+            size = len(text.encode("utf-8"))  # lone surrogates fail here
+        except (TypeError, ValueError, RecursionError) as error:
             raise InvalidInputError(
                 f"metadata is not JSON-serialisable: {error}", field="metadata"
             ) from None
-        size = len(text.encode("utf-8"))
+        if _JSON_NUL.search(text):
+            # PostgreSQL's jsonb refuses \u0000 (SQLite stores it): refuse it on both.
+            raise InvalidInputError("metadata must not contain NUL characters", field="metadata")
         if size > self._max_metadata_bytes:
             raise InvalidInputError(
                 f"metadata is {size} bytes, over the {self._max_metadata_bytes}-byte limit",
@@ -511,4 +520,4 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
             raise ValueError(cursor)
     except (ValueError, TypeError, binascii.Error, json.JSONDecodeError):
         raise InvalidInputError("cursor is not one this API returned", field="cursor") from None
-    return moment, episode_id
+    return moment.astimezone(UTC), episode_id

@@ -19,10 +19,10 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from pipeline_db.errors import CommitOutcomeUnknownError, TransientError
 
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("pipeline_db.retry")
 
+T = TypeVar("T")
 Unit = Callable[[], AbstractAsyncContextManager["AsyncConnection"]]
 
 
@@ -109,6 +110,28 @@ class Retrying:
             self._on_retry(failure)
         await asyncio.sleep(delay)
 
+    async def call(self, attempt: Callable[[], Awaitable[T]]) -> T:
+        """Await ``attempt()`` until it succeeds, retrying transient failures.
+
+        The form :meth:`~pipeline_db.Database.run_sync` uses: each call of
+        ``attempt`` is one whole transaction.
+        """
+        while True:
+            self._attempt += 1
+            try:
+                return await attempt()
+            except TransientError as failure:
+                self._refuse_unknown_commit(failure)
+                await self._pause(failure)
+
+    def _refuse_unknown_commit(self, failure: TransientError) -> None:
+        if failure.context.get("during_commit") and not self._idempotent:
+            raise CommitOutcomeUnknownError(
+                f"the connection was lost during COMMIT ({failure.code or failure.cause}); "
+                "the transaction may or may not have been applied",
+                code=failure.code,
+            ) from failure
+
     def _record(self, failure: TransientError | None) -> None:
         if failure is None:
             self._done = True
@@ -151,12 +174,7 @@ class Attempt:
         try:
             await self._context.__aexit__(exc_type, exc, tb)
         except TransientError as failure:
-            if failure.context.get("during_commit") and not self._retrying._idempotent:
-                raise CommitOutcomeUnknownError(
-                    f"the connection was lost during COMMIT ({failure.code or failure.cause}); "
-                    "the transaction may or may not have been applied",
-                    code=failure.code,
-                ) from failure
+            self._retrying._refuse_unknown_commit(failure)
             self._retrying._record(failure)
             return True
         self._retrying._record(None)

@@ -6,14 +6,19 @@ One module per backend (:mod:`.postgresql`, :mod:`.sqlite`) implements
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection, Engine
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
     from pipeline_db.config import DatabaseConfig
+
+T = TypeVar("T")
 
 FaultKind = Literal["transient", "conflict", "invalid", "config", "misuse", "other"]
 
@@ -71,6 +76,67 @@ class Backend(Protocol):
     def writer_slot(self) -> AbstractAsyncContextManager[None]:
         """Held around every write transaction (SQLite queues writers here)."""
         ...
+
+    async def run_sync(
+        self,
+        engine: AsyncEngine,
+        work: Callable[[Connection], T],
+        *,
+        write: bool,
+        isolation: str | None,
+        readonly: bool,
+        autocommit: bool,
+    ) -> T:
+        """Run synchronous ``work`` in one transaction without blocking the event loop."""
+        ...
+
+    async def dispose(self) -> None:
+        """Release what the backend holds beside the engine."""
+        ...
+
+
+class CommitFailed(Exception):
+    """Internal: COMMIT itself failed (``__cause__`` is why); the outcome may be unknown."""
+
+
+class Cancelled(Exception):
+    """Internal: the caller was cancelled; the work was rolled back, not committed."""
+
+
+def run_unit(
+    engine: Engine,
+    work: Callable[[Connection], T],
+    options: dict[str, Any],
+    cancelled: threading.Event | None = None,
+) -> T:
+    """One transaction on a connection of a synchronous engine (shared by both backends).
+
+    Runs in a greenlet (PostgreSQL) or a worker thread (SQLite). A failing
+    ``work`` is rolled back; anything but an ``Exception`` (a cancellation)
+    invalidates the connection, whose state is then unknown.
+    """
+    with engine.connect() as conn:
+        if options:
+            conn.execution_options(**options)
+        transaction = conn.begin()
+        try:
+            result = work(conn)
+            if cancelled is not None and cancelled.is_set():
+                raise Cancelled
+        except Exception:
+            try:
+                transaction.rollback()
+            except Exception:
+                conn.invalidate()
+            raise
+        except BaseException:
+            conn.invalidate()
+            raise
+        try:
+            transaction.commit()
+        except Exception as error:
+            raise CommitFailed from error
+        return result
 
 
 def backend_for(config: DatabaseConfig) -> Backend:

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import AsyncIterator
-from typing import Any, Literal
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Literal, TypeVar
 
 import asyncpg
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.util import greenlet_spawn
 
 from pipeline_db._json import dumps, loads
-from pipeline_db.backends import Fault
+from pipeline_db.backends import Fault, run_unit
 from pipeline_db.config import DatabaseConfig
+
+T = TypeVar("T")
 
 # SQLSTATEs that are safe to retry, by cause.
 # https://www.postgresql.org/docs/current/errcodes-appendix.html
@@ -99,6 +103,39 @@ class PostgreSQLBackend:
             return Fault("misuse", "interface", None, message)
         return None
 
+    def begin_options(
+        self, *, write: bool, isolation: str | None, readonly: bool, autocommit: bool
+    ) -> dict[str, Any]:
+        """Execution options that make the next BEGIN what was asked for."""
+        if autocommit:
+            return {"isolation_level": "AUTOCOMMIT"}
+        options: dict[str, Any] = {}
+        if isolation is not None:
+            options["isolation_level"] = isolation
+        if readonly:
+            options["postgresql_readonly"] = True
+        return options
+
+    async def run_sync(
+        self,
+        engine: AsyncEngine,
+        work: Callable[[Connection], T],
+        *,
+        write: bool,
+        isolation: str | None,
+        readonly: bool,
+        autocommit: bool,
+    ) -> T:
+        """Run ``work`` in ONE greenlet: one switch per transaction, not per statement."""
+        options = self.begin_options(
+            write=write, isolation=isolation, readonly=readonly, autocommit=autocommit
+        )
+        result: T = await greenlet_spawn(run_unit, engine.sync_engine, work, options)
+        return result
+
+    async def dispose(self) -> None:
+        """Nothing beyond the engine."""
+
     async def begin(
         self,
         conn: AsyncConnection,
@@ -112,17 +149,13 @@ class PostgreSQLBackend:
 
         With ``autocommit`` no BEGIN is sent: each statement is its own transaction.
         """
-        if autocommit:
-            await conn.execution_options(isolation_level="AUTOCOMMIT")
-            return
-        options: dict[str, Any] = {}
-        if isolation is not None:
-            options["isolation_level"] = isolation
-        if readonly:
-            options["postgresql_readonly"] = True
+        options = self.begin_options(
+            write=write, isolation=isolation, readonly=readonly, autocommit=autocommit
+        )
         if options:
             await conn.execution_options(**options)
-        await conn.begin()
+        if not autocommit:
+            await conn.begin()
 
     @contextlib.asynccontextmanager
     async def writer_slot(self) -> AsyncIterator[None]:

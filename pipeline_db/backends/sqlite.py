@@ -5,17 +5,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
-from sqlalchemy import event
-from sqlalchemy.engine import Connection
+from sqlalchemy import QueuePool, event
+from sqlalchemy import create_engine as sa_create_engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from pipeline_db._json import dumps, loads
-from pipeline_db.backends import Fault
+from pipeline_db.backends import Fault, run_unit
 from pipeline_db.config import DatabaseConfig
+
+T = TypeVar("T")
+READER_THREADS = 4
 
 # Execution option read by the "begin" listener: which BEGIN to emit.
 BEGIN_MODE_OPTION = "pipeline_db_begin"
@@ -57,22 +63,38 @@ class SQLiteBackend:
 
     def __init__(self) -> None:
         self._write_lock = asyncio.Lock()
+        self._sync_engine: Engine | None = None
+        # Whole transactions of run_sync() run here on sqlite3 connections: one
+        # thread hop per transaction instead of several per statement through
+        # aiosqlite. One writer thread (SQLite has one write lock anyway).
+        self._writer: ThreadPoolExecutor | None = None
+        self._readers: ThreadPoolExecutor | None = None
 
     def create_engine(self, config: DatabaseConfig) -> AsyncEngine:
-        """Build an aiosqlite engine; create the database file's folder when missing."""
+        """Build an aiosqlite engine; create the database file's folder when missing.
+
+        A synchronous twin of the engine (same file, settings and BEGIN rules)
+        serves :meth:`run_sync` from worker threads.
+        """
         url = config.sqlalchemy_url()
         if url.database and url.database != ":memory:":
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(
-            url,
-            pool_size=config.pool_size,
-            max_overflow=config.max_overflow,
-            pool_timeout=config.pool_timeout,
-            pool_recycle=config.pool_recycle,
-            # isolation_level=None: the driver never BEGINs on its own; we do.
-            connect_args={"timeout": config.connection_timeout, "isolation_level": None},
-            json_serializer=dumps,
-            json_deserializer=loads,
+        options: dict[str, Any] = {
+            "pool_size": config.pool_size,
+            "max_overflow": config.max_overflow,
+            "pool_timeout": config.pool_timeout,
+            "pool_recycle": config.pool_recycle,
+            "json_serializer": dumps,
+            "json_deserializer": loads,
+        }
+        # isolation_level=None: the driver never BEGINs on its own; we do.
+        connect_args = {"timeout": config.connection_timeout, "isolation_level": None}
+        engine = create_async_engine(url, connect_args=connect_args, **options)
+        self._sync_engine = sa_create_engine(
+            url.set(drivername="sqlite+pysqlite"),
+            connect_args=connect_args | {"check_same_thread": False},
+            poolclass=QueuePool,
+            **options,
         )
         pragmas = (
             f"PRAGMA journal_mode={config.journal_mode}",
@@ -80,22 +102,56 @@ class SQLiteBackend:
             f"PRAGMA busy_timeout={config.busy_timeout}",
             "PRAGMA foreign_keys=ON",
         )
-
-        @event.listens_for(engine.sync_engine, "connect")
-        def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-            cursor = dbapi_connection.cursor()
-            try:
-                for pragma in pragmas:
-                    cursor.execute(pragma)
-            finally:
-                cursor.close()
-
-        @event.listens_for(engine.sync_engine, "begin")
-        def _on_begin(conn: Connection) -> None:
-            mode = conn.get_execution_options().get(BEGIN_MODE_OPTION, "DEFERRED")
-            conn.exec_driver_sql(f"BEGIN {mode}")
-
+        for target in (engine.sync_engine, self._sync_engine):
+            _configure(target, pragmas)
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="pipeline-db-sqlite-writer")
+        self._readers = ThreadPoolExecutor(
+            min(READER_THREADS, config.pool_size), thread_name_prefix="pipeline-db-sqlite-reader"
+        )
         return engine
+
+    async def run_sync(
+        self,
+        engine: AsyncEngine,
+        work: Callable[[Connection], T],
+        *,
+        write: bool,
+        isolation: str | None,
+        readonly: bool,
+        autocommit: bool,
+    ) -> T:
+        """Run the whole transaction in a worker thread on a sqlite3 connection.
+
+        A cancelled caller waits for the thread to finish, which then rolls
+        back instead of committing.
+        """
+        assert self._sync_engine is not None and self._writer and self._readers
+        writes = write and not readonly
+        options = {BEGIN_MODE_OPTION: "IMMEDIATE" if writes else "DEFERRED"}
+        cancelled = threading.Event()
+        future = asyncio.get_running_loop().run_in_executor(
+            self._writer if writes else self._readers,
+            run_unit,
+            self._sync_engine,
+            work,
+            options,
+            cancelled,
+        )
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            cancelled.set()
+            with contextlib.suppress(Exception):
+                await asyncio.shield(future)
+            raise
+
+    async def dispose(self) -> None:
+        """Close the synchronous engine's connections and stop the worker threads."""
+        if self._sync_engine is not None:
+            self._sync_engine.dispose()
+        for executor in (self._writer, self._readers):
+            if executor is not None:
+                executor.shutdown(wait=True)
 
     def classify(self, error: BaseException) -> Fault | None:
         """Classify by SQLite result code (``sqlite_errorcode``); never by message."""
@@ -141,3 +197,21 @@ class SQLiteBackend:
         """Queue in-process writers for SQLite's single write lock."""
         async with self._write_lock:
             yield
+
+
+def _configure(engine: Engine, pragmas: tuple[str, ...]) -> None:
+    """PRAGMAs on every new connection, and our own BEGIN (the SQLAlchemy recipe)."""
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        try:
+            for pragma in pragmas:
+                cursor.execute(pragma)
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        mode = conn.get_execution_options().get(BEGIN_MODE_OPTION, "DEFERRED")
+        conn.exec_driver_sql(f"BEGIN {mode}")

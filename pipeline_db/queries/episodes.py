@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime
 from typing import Any
 
@@ -10,21 +11,22 @@ from sqlalchemy import (
     Insert,
     Select,
     Update,
-    and_,
+    bindparam,
     case,
     delete,
     func,
     insert,
     literal,
+    literal_column,
     or_,
     select,
     tuple_,
     update,
 )
-from sqlalchemy.sql.dml import ReturningDelete
+from sqlalchemy.sql.dml import ReturningDelete, ReturningUpdate
 
 from pipeline_db.queries import insert_for
-from pipeline_db.schema import episodes, file_name, json_metadata_index, processing_log
+from pipeline_db.schema import episodes, file_name, json_metadata_index, processing_log, utcnow
 
 EPISODE_COLUMNS = tuple(episodes.c)
 
@@ -33,6 +35,11 @@ def by_id(episode_id: str, *, for_update: bool = False) -> Select[Any]:
     """The episode with this id."""
     query = select(*EPISODE_COLUMNS).where(episodes.c.id == episode_id)
     return query.with_for_update() if for_update else query
+
+
+def stage_of(episode_id: str) -> Select[Any]:
+    """The episode's current stage."""
+    return select(episodes.c.stage).where(episodes.c.id == episode_id)
 
 
 def by_hash(content_hash: str) -> Select[Any]:
@@ -57,7 +64,9 @@ def by_file_name(name: str, limit: int) -> Select[Any]:
     """Episodes whose source file is called ``name`` (case-insensitive, exact)."""
     return (
         select(*EPISODE_COLUMNS)
-        .where(file_name(episodes.c.source_path) == name.lower())
+        # Lowered by the database, as the indexed side is: SQLite's lower() folds
+        # ASCII only, and str.lower() folding more would make "É" miss itself.
+        .where(file_name(episodes.c.source_path) == func.lower(name))
         .order_by(episodes.c.id)
         .limit(limit)
     )
@@ -92,38 +101,42 @@ def insert_new(values: dict[str, Any]) -> Insert:
     return insert(episodes).values(**values).returning(*EPISODE_COLUMNS)
 
 
-def set_stage(
-    episode_id: str, target: str, allowed_from: list[str] | None, expected: str | None
-) -> Update:
-    """Move the episode to ``target`` if its stage is ``expected`` / one of ``allowed_from``."""
-    conditions = [episodes.c.id == episode_id]
-    if expected is not None:
-        conditions.append(episodes.c.stage == expected)
-    if allowed_from is not None:
-        conditions.append(episodes.c.stage.in_(allowed_from))
+@functools.cache
+def set_stage(*, expected: bool, restricted: bool) -> ReturningUpdate[Any]:
+    """Move :episode_id to :target if its stage is :expected and/or IN :allowed.
+
+    Built once per shape and reused: building SQLAlchemy constructs per call
+    costs more than executing them (see bench/write.py).
+    """
+    conditions = [episodes.c.id == bindparam("episode_id")]
+    if expected:
+        conditions.append(episodes.c.stage == bindparam("expected"))
+    if restricted:
+        conditions.append(episodes.c.stage.in_(bindparam("allowed", expanding=True)))
     return (
-        update(episodes).where(and_(*conditions)).values(stage=target).returning(*EPISODE_COLUMNS)
+        update(episodes)
+        .where(*conditions)
+        .values(stage=bindparam("target"), updated_at=utcnow())
+        .returning(*EPISODE_COLUMNS)
     )
 
 
-def move_and_log(
-    episode_id: str,
-    target: str,
-    allowed_from: list[str] | None,
-    expected: str | None,
-    duration_seconds: float | None,
-) -> Select[Any]:
-    """Move the episode and log the transition in ONE statement (needs writable CTEs)."""
-    moved = set_stage(episode_id, target, allowed_from, expected).cte("moved")
+@functools.cache
+def move_and_log(*, expected: bool, restricted: bool) -> Select[Any]:
+    """:func:`set_stage` and its processing_log row in ONE statement (writable CTEs).
+
+    Parameters as :func:`set_stage`, plus :duration for the log row.
+    """
+    moved = set_stage(expected=expected, restricted=restricted).cte("moved")
     logged = (
         insert(processing_log)
         .from_select(
             ["episode_id", "stage", "status", "duration_seconds"],
             select(
                 moved.c.id,
-                literal(target),
-                literal("completed"),
-                literal(duration_seconds, Double()),
+                moved.c.stage,
+                literal_column("'completed'"),
+                bindparam("duration", type_=Double()),
             ),
         )
         .cte("logged")
@@ -136,7 +149,7 @@ def set_metadata(episode_id: str, metadata: dict[str, Any]) -> Update:
     return (
         update(episodes)
         .where(episodes.c.id == episode_id)
-        .values(metadata=metadata)
+        .values(metadata=metadata, updated_at=utcnow())
         .returning(*EPISODE_COLUMNS)
     )
 
@@ -146,7 +159,7 @@ def set_values(episode_id: str, values: dict[str, Any]) -> Update:
     return (
         update(episodes)
         .where(episodes.c.id == episode_id)
-        .values(**values)
+        .values(**values, updated_at=utcnow())
         .returning(*EPISODE_COLUMNS)
     )
 
@@ -172,10 +185,12 @@ def count_by_stage() -> Select[Any]:
 
 
 def log_activity_since(since: datetime) -> Select[Any]:
-    """Events and failures in processing_log since ``since``."""
+    """Events, finished events (completed or failed) and failures since ``since``."""
+    status = processing_log.c.status
     return select(
         func.count(),
-        func.coalesce(func.sum(case((processing_log.c.status == "failed", 1), else_=0)), 0),
+        func.coalesce(func.sum(case((status.in_(["completed", "failed"]), 1), else_=0)), 0),
+        func.coalesce(func.sum(case((status == "failed", 1), else_=0)), 0),
     ).where(processing_log.c.timestamp >= since)
 
 
