@@ -48,8 +48,7 @@ class Dependencies:
 
         async def work(conn: AsyncConnection) -> Dependency:
             for key in (episode_id, depends_on):
-                if (await conn.execute(eq.exists(key))).first() is None:
-                    raise NotFoundError(f"episode {key!r} does not exist", episode_id=key)
+                await _require_episode(conn, key)
             path = await _path(conn, depends_on, episode_id)
             if path is not None:
                 cycle = " -> ".join([episode_id, *path])
@@ -73,8 +72,13 @@ class Dependencies:
         return await self._db.transaction(work, isolation="SERIALIZABLE")
 
     async def list(self, episode_id: str) -> builtins.list[Dependency]:
-        """The dependencies of an episode, oldest first."""
+        """The dependencies of an episode, oldest first.
+
+        Raises:
+            NotFoundError: no such episode.
+        """
         async with self._db.read() as conn:
+            await _require_episode(conn, episode_id)
             rows = (await conn.execute(q.of_episode(episode_id))).mappings().all()
         return [Dependency.model_validate(row) for row in rows]
 
@@ -101,9 +105,15 @@ class Dependencies:
             return [str(v) for v in (await conn.execute(q.ready(stage))).scalars()]
 
     async def unmet(self, episode_id: str, stage: str) -> builtins.list[str]:
-        """The dependencies of ``episode_id`` that have not reached ``stage`` yet."""
+        """The dependencies of ``episode_id`` that have not reached ``stage`` yet.
+
+        Raises:
+            NotFoundError: no such episode.
+            InvalidInputError: an unknown stage.
+        """
         _check_stage(stage)
         async with self._db.read() as conn:
+            await _require_episode(conn, episode_id)
             return [str(v) for v in (await conn.execute(q.unmet(episode_id, stage))).scalars()]
 
 
@@ -125,6 +135,11 @@ async def _path(conn: AsyncConnection, start: str, goal: str) -> list[str] | Non
                 return list(reversed(path))
             frontier.append(target)
     return None
+
+
+async def _require_episode(conn: AsyncConnection, episode_id: str) -> None:
+    if (await conn.execute(eq.exists(episode_id))).first() is None:
+        raise NotFoundError(f"episode {episode_id!r} does not exist", episode_id=episode_id)
 
 
 def _check_stage(stage: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from itertools import groupby
+from typing import TypeGuard
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -45,11 +46,15 @@ class History:
             )
         _check_stage_name(stage)
         if duration_seconds is not None and not (
-            math.isfinite(duration_seconds) and duration_seconds >= 0
+            _is_number(duration_seconds)
+            and math.isfinite(duration_seconds)
+            and duration_seconds >= 0
         ):
             raise InvalidInputError(
                 "duration_seconds must be a finite number >= 0", field="duration_seconds"
             )
+        if error_message is not None:
+            _check_no_nul(error_message, "error_message")
         values = {
             "episode_id": episode_id,
             "stage": stage,
@@ -87,17 +92,17 @@ class History:
             InvalidInputError: a name is empty or a value is not a finite number.
         """
         _check_stage_name(stage)
+        if not isinstance(metrics, Mapping):
+            raise InvalidInputError(
+                "metrics must be a mapping of names to numbers", field="metrics"
+            )
         rows = []
         for name, value in metrics.items():
-            if not isinstance(name, str) or not name:
+            if not isinstance(name, str) or not name or "\x00" in name:
                 raise InvalidInputError(
-                    "metric names must be non-empty strings", field="metric_name"
+                    "metric names must be non-empty strings without NUL", field="metric_name"
                 )
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, int | float)
-                or not math.isfinite(value)
-            ):
+            if not _is_number(value) or not math.isfinite(value):
                 raise InvalidInputError(
                     f"metric {name!r} must be a finite number, not {value!r}", field=name
                 )
@@ -109,12 +114,11 @@ class History:
                     "metric_value": float(value),
                 }
             )
-        if not rows:
-            return 0
 
         async def work(conn: AsyncConnection) -> int:
             await _require_episode(conn, episode_id)
-            await conn.execute(q.insert_metrics(), rows)
+            if rows:  # an empty batch still checks the episode exists
+                await conn.execute(q.insert_metrics(), rows)
             return len(rows)
 
         return await self._db.transaction(work, idempotent=False)
@@ -163,3 +167,14 @@ async def _require_episode(conn: AsyncConnection, episode_id: str) -> None:
 def _check_stage_name(stage: object) -> None:
     if not isinstance(stage, str) or not stage.strip():
         raise InvalidInputError("stage must be a non-empty string", field="stage")
+    _check_no_nul(stage, "stage")
+
+
+def _check_no_nul(value: object, field: str) -> None:
+    # PostgreSQL's text refuses NUL (SQLite stores it): refuse it on both, by name.
+    if not isinstance(value, str) or "\x00" in value:
+        raise InvalidInputError(f"{field} must be a string without NUL characters", field=field)
+
+
+def _is_number(value: object) -> TypeGuard[int | float]:
+    return isinstance(value, int | float) and not isinstance(value, bool)
