@@ -29,6 +29,7 @@ from typing import Literal, TypeGuard, TypeVar
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from pipeline_db._signals import Signals
 from pipeline_db._translate import translate
 from pipeline_db.backends import Backend, CommitFailed, backend_for
 from pipeline_db.config import DatabaseConfig
@@ -81,6 +82,8 @@ class Database:
         self._slots = asyncio.Semaphore(config.pool_size + config.max_overflow)
         #: Transient failures that were retried, by cause (exported as metrics).
         self.retries: Counter[str] = Counter()
+        #: In-process wake-ups (job queue), beside PostgreSQL's LISTEN/NOTIFY.
+        self.signals = Signals()
 
     def __repr__(self) -> str:
         return f"<Database {self.config.describe()}>"

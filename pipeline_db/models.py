@@ -208,3 +208,57 @@ class BackupRecord(Record):
     checksum: str | None = None
     created_at: datetime
     restored_at: datetime | None = None
+
+
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+class Job(Record):
+    """A job of the durable queue."""
+
+    id: int
+    kind: str
+    episode_id: str | None = None
+    params: dict[str, Any]
+    status: JobStatus
+    priority: int
+    run_after: datetime
+    attempts: int
+    max_attempts: int
+    idempotency_key: str | None = None
+    worker_id: str | None = None
+    lease_expires_at: datetime | None = None
+    cancel_requested: bool = False
+    progress_percent: float | None = None
+    progress_stage: str | None = None
+    progress_message: str | None = None
+    result: Any = None
+    error: str | None = None
+    error_traceback: str | None = None
+    webhook_url: str | None = None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+    @property
+    def finished(self) -> bool:
+        """Whether the job has ended (succeeded, failed or cancelled)."""
+        return self.status in ("succeeded", "failed", "cancelled")
+
+
+class Enqueued(Record):
+    """The outcome of enqueueing a job."""
+
+    job: Job
+    #: False when the idempotency key named an existing job (it is returned).
+    created: bool
+
+
+class JobStats(Record):
+    """Queue figures."""
+
+    by_status: dict[str, int]
+    by_kind: dict[str, dict[str, int]]
+    #: Seconds since the oldest queued job was created (None: nothing queued).
+    oldest_queued_age_seconds: float | None

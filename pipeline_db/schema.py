@@ -121,6 +121,26 @@ def _utcnow_sqlite(element: utcnow, compiler: SQLCompiler, **kw: Any) -> str:
     return SQLITE_NOW
 
 
+class utc_after(FunctionElement[datetime]):
+    """The database's current UTC time plus a number of seconds (a bound value)."""
+
+    type = UTCDateTime()
+    inherit_cache = True
+
+
+@compiles(utc_after, "postgresql")
+def _utc_after_postgresql(element: utc_after, compiler: SQLCompiler, **kw: Any) -> str:
+    (seconds,) = element.clauses
+    return f"(now() + make_interval(secs => {compiler.process(seconds, **kw)}))"
+
+
+@compiles(utc_after, "sqlite")
+def _utc_after_sqlite(element: utc_after, compiler: SQLCompiler, **kw: Any) -> str:
+    (seconds,) = element.clauses
+    offset = f"printf('%+.6f seconds', {compiler.process(seconds, **kw)})"
+    return f"(strftime('%Y-%m-%d %H:%M:%f', 'now', {offset}) || '000')"
+
+
 JSONType = JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
 #: A 64-bit identity key that is SQLite's rowid (INTEGER PRIMARY KEY AUTOINCREMENT).
 IdentityKey = BigInteger().with_variant(Integer(), "sqlite")
@@ -312,6 +332,93 @@ social_jobs = Table(
     Column("completed_at", UTCDateTime()),
     Index(None, "episode_id"),
     Index(None, "status"),
+)
+
+#: Job states: queued -> running -> succeeded | failed | cancelled (a retry re-queues).
+JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+WEBHOOK_STATUSES = ("pending", "delivered", "expired")
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", IdentityKey, Identity(), primary_key=True),
+    Column("kind", Text, nullable=False),
+    Column("episode_id", Text, _episode_fk()),
+    Column("params", JSONType, nullable=False, server_default=text("'{}'")),
+    Column("status", Text, nullable=False, server_default=JOB_STATUSES[0]),
+    Column("priority", Integer, nullable=False, server_default=text("0")),
+    Column("run_after", UTCDateTime(), nullable=False, server_default=utcnow()),
+    Column("attempts", Integer, nullable=False, server_default=text("0")),
+    Column("max_attempts", Integer, nullable=False, server_default=text("3")),
+    Column("idempotency_key", Text, unique=True),
+    Column("worker_id", Text),
+    Column("lease_expires_at", UTCDateTime()),
+    Column("cancel_requested", Boolean, nullable=False, server_default=false()),
+    Column("progress_percent", Double),
+    Column("progress_stage", Text),
+    Column("progress_message", Text),
+    Column("result", JSONType),
+    Column("error", Text),
+    Column("error_traceback", Text),
+    Column("webhook_url", Text),
+    _created_at(),
+    Column("updated_at", UTCDateTime(), nullable=False, server_default=utcnow()),
+    Column("started_at", UTCDateTime()),
+    Column("finished_at", UTCDateTime()),
+    CheckConstraint(_in("status", JOB_STATUSES), name="status"),
+    CheckConstraint("max_attempts >= 1", name="max_attempts"),
+    CheckConstraint("attempts >= 0", name="attempts"),
+    # Per-episode exclusivity: at most one running job per episode, enforced here.
+    Index(
+        "uq_jobs_running_episode",
+        "episode_id",
+        unique=True,
+        postgresql_where=text("status = 'running'"),
+        sqlite_where=text("status = 'running'"),
+    ),
+    Index(
+        "ix_jobs_lease",
+        "lease_expires_at",
+        postgresql_where=text("status = 'running'"),
+        sqlite_where=text("status = 'running'"),
+    ),
+    Index(None, "status", "kind"),
+    Index(None, "episode_id"),
+    Index(None, "finished_at"),
+    sqlite_autoincrement=True,
+)
+
+# The claim order (priority first, then age), over queued jobs only.
+Index(
+    "ix_jobs_claim",
+    jobs.c.priority.desc(),
+    jobs.c.id,
+    postgresql_where=jobs.c.status == "queued",
+    sqlite_where=jobs.c.status == "queued",
+)
+
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column("id", IdentityKey, Identity(), primary_key=True),
+    Column("job_id", IdentityKey, ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
+    Column("url", Text, nullable=False),
+    Column("payload", JSONType, nullable=False),
+    Column("status", Text, nullable=False, server_default=WEBHOOK_STATUSES[0]),
+    Column("attempts", Integer, nullable=False, server_default=text("0")),
+    Column("next_attempt_at", UTCDateTime(), nullable=False, server_default=utcnow()),
+    Column("last_error", Text),
+    Column("expires_at", UTCDateTime(), nullable=False),
+    _created_at(),
+    Column("delivered_at", UTCDateTime()),
+    CheckConstraint(_in("status", WEBHOOK_STATUSES), name="status"),
+    Index(
+        "ix_webhook_deliveries_due",
+        "next_attempt_at",
+        postgresql_where=text("status = 'pending'"),
+        sqlite_where=text("status = 'pending'"),
+    ),
+    sqlite_autoincrement=True,
 )
 
 #: Tables that keep ``updated_at`` current through a trigger.

@@ -94,6 +94,33 @@ class Backend(Protocol):
         """Release what the backend holds beside the engine."""
         ...
 
+    def notify(self, conn: Connection, channel: str, payload: str) -> None:
+        """Announce ``channel`` to other processes when ``conn``'s transaction commits."""
+        ...
+
+    async def listen(
+        self, config: DatabaseConfig, channel: str, wake: Callable[[], None]
+    ) -> Listener | None:
+        """Call ``wake`` on every notification of ``channel`` from other processes.
+
+        Returns None when the backend cannot listen (SQLite; PgBouncer without
+        a ``listen_url``): callers then rely on polling.
+        """
+        ...
+
+
+class Listener(Protocol):
+    """A live subscription to notifications from other processes."""
+
+    @property
+    def alive(self) -> bool:
+        """Whether notifications still arrive (False after the connection dropped)."""
+        ...
+
+    async def close(self) -> None:
+        """Stop listening and close the connection."""
+        ...
+
 
 class CommitFailed(Exception):
     """Internal: COMMIT itself failed (``__cause__`` is why); the outcome may be unknown."""

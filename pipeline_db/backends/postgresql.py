@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Literal, TypeVar
 
 import asyncpg
-from sqlalchemy.engine import Connection
+from sqlalchemy import func, select
+from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.util import greenlet_spawn
 
 from pipeline_db._json import dumps, loads
-from pipeline_db.backends import Fault, run_unit
+from pipeline_db.backends import Fault, Listener, run_unit
 from pipeline_db.config import DatabaseConfig
 
 T = TypeVar("T")
+logger = logging.getLogger("pipeline_db")
 
 # SQLSTATEs that are safe to retry, by cause.
 # https://www.postgresql.org/docs/current/errcodes-appendix.html
@@ -46,6 +49,9 @@ class PostgreSQLBackend:
 
     name: Literal["postgresql"] = "postgresql"
     writable_ctes = True
+
+    def __init__(self) -> None:
+        self._warned_polling = False
 
     def create_engine(self, config: DatabaseConfig) -> AsyncEngine:
         """Build an asyncpg-backed engine with the configured pool and server settings."""
@@ -136,6 +142,45 @@ class PostgreSQLBackend:
     async def dispose(self) -> None:
         """Nothing beyond the engine."""
 
+    def notify(self, conn: Connection, channel: str, payload: str) -> None:
+        """``pg_notify``: delivered to listeners when the transaction commits."""
+        conn.execute(select(func.pg_notify(channel, payload)))
+
+    async def listen(
+        self, config: DatabaseConfig, channel: str, wake: Callable[[], None]
+    ) -> Listener | None:
+        """LISTEN on a dedicated connection, never through PgBouncer.
+
+        Behind PgBouncer (``pgbouncer: true``) it needs ``listen_url``, a direct
+        connection to PostgreSQL; without one it returns None, once warning
+        that runners fall back to polling.
+        """
+        if config.listen_url is not None:
+            url = make_url(config.listen_url.get_secret_value())
+        elif config.pgbouncer:
+            if not self._warned_polling:
+                self._warned_polling = True
+                logger.warning(
+                    "pgbouncer is on and no listen_url is set: LISTEN/NOTIFY is off, "
+                    "job runners poll the queue instead"
+                )
+            return None
+        else:
+            url = config.sqlalchemy_url()
+        dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
+        conn = await asyncpg.connect(
+            dsn,
+            timeout=config.connection_timeout,
+            server_settings={"application_name": f"{config.application_name} listener"[:63]},
+        )
+        listener = _Listener(conn, channel, wake)
+        try:
+            await listener.start()
+        except BaseException:
+            await listener.close()
+            raise
+        return listener
+
     async def begin(
         self,
         conn: AsyncConnection,
@@ -161,6 +206,39 @@ class PostgreSQLBackend:
     async def writer_slot(self) -> AsyncIterator[None]:
         """PostgreSQL has row locks: writers need no queue of their own."""
         yield
+
+
+class _Listener:
+    """A LISTEN subscription on its own asyncpg connection."""
+
+    def __init__(self, conn: asyncpg.Connection, channel: str, wake: Callable[[], None]) -> None:
+        self._conn = conn
+        self._channel = channel
+        self._wake = wake
+        self._alive = True
+        conn.add_termination_listener(self._terminated)
+
+    async def start(self) -> None:
+        await self._conn.add_listener(self._channel, self._notified)
+
+    @property
+    def alive(self) -> bool:
+        return self._alive and not self._conn.is_closed()
+
+    async def close(self) -> None:
+        self._alive = False
+        if not self._conn.is_closed():
+            try:
+                await self._conn.close(timeout=2)
+            except Exception:
+                self._conn.terminate()
+
+    def _notified(self, *_: object) -> None:
+        self._wake()
+
+    def _terminated(self, *_: object) -> None:
+        self._alive = False
+        self._wake()
 
 
 def _is_sqlalchemy_adapted(error: BaseException) -> bool:

@@ -17,7 +17,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from pipeline_db._json import dumps, loads
-from pipeline_db.backends import Fault, run_unit
+from pipeline_db.backends import Fault, Listener, run_unit
 from pipeline_db.config import DatabaseConfig
 
 T = TypeVar("T")
@@ -104,6 +104,21 @@ class SQLiteBackend:
         )
         for target in (engine.sync_engine, self._sync_engine):
             _configure(target, pragmas)
+
+        @event.listens_for(engine.sync_engine, "invalidate")
+        def _on_invalidate(dbapi_connection: Any, _record: Any, _error: Any) -> None:
+            # A task cancelled mid-statement stops awaiting, but aiosqlite's
+            # worker thread runs the statement on, and the close queues behind
+            # it; and a cursor SQLAlchemy leaves open on a lost connection keeps
+            # the closed connection (and its transaction's write lock) alive
+            # until garbage collection. So stop the statement and roll back
+            # before SQLAlchemy closes the connection. interrupt() is made to be
+            # called from another thread; outside a greenlet (garbage
+            # collection) neither can run, and the close is all there is.
+            with contextlib.suppress(Exception):
+                dbapi_connection.run_async(lambda driver: driver.interrupt())
+                dbapi_connection.run_async(lambda driver: asyncio.shield(driver.rollback()))
+
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="pipeline-db-sqlite-writer")
         self._readers = ThreadPoolExecutor(
             min(READER_THREADS, config.pool_size), thread_name_prefix="pipeline-db-sqlite-reader"
@@ -144,6 +159,15 @@ class SQLiteBackend:
             with contextlib.suppress(Exception):
                 await asyncio.shield(future)
             raise
+
+    def notify(self, conn: Connection, channel: str, payload: str) -> None:
+        """SQLite cannot notify other processes: they poll."""
+
+    async def listen(
+        self, config: DatabaseConfig, channel: str, wake: Callable[[], None]
+    ) -> Listener | None:
+        """SQLite cannot listen: runners in other processes poll."""
+        return None
 
     async def dispose(self) -> None:
         """Close the synchronous engine's connections and stop the worker threads."""
