@@ -243,7 +243,10 @@ class JobQueue:
         def work(conn: Connection) -> builtins.list[Job]:
             return [Job.model_validate(row) for row in conn.execute(statement, params).mappings()]
 
-        return await self._db.run_sync(work)
+        # One statement: on PostgreSQL it runs without BEGIN/COMMIT (one round
+        # trip). Retrying after a lost connection may leave jobs claimed by us
+        # that we never saw; their lease expires and they are requeued.
+        return await self._db.run_sync(work, autocommit=True)
 
     async def heartbeat(
         self, worker_id: str, job_ids: Iterable[int], *, lease_s: float = LEASE_S
