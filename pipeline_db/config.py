@@ -46,7 +46,14 @@ RETRY_BASE_DELAY_S = 0.02
 RETRY_MAX_DELAY_S = 1.0
 RETRY_DEADLINE_S = 30.0
 
-SECRET_FIELDS = frozenset({"password", "url", "listen_url"})
+WORKER_CONCURRENCY = 4
+POLL_INTERVAL_S = 1.0
+LEASE_S = 30.0
+SHUTDOWN_GRACE_S = 30.0
+STABILITY_WINDOW_S = 10.0
+VIDEO_PATTERNS = ("*.mp4", "*.mov", "*.mkv", "*.m4v", "*.webm", "*.avi")
+
+SECRET_FIELDS = frozenset({"password", "url", "listen_url", "webhook_secret"})
 
 _DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
 _URL_SCHEMES = {
@@ -150,6 +157,32 @@ class DatabaseConfig(_Model):
         if self.type == "sqlite":
             return f"sqlite at {url.database}"
         return f"postgresql at {url.host}:{url.port or 5432}/{url.database} as {url.username}"
+
+
+class DiscoverConfig(_Model):
+    """Where the ``discover`` job looks for new videos."""
+
+    folders: list[Path] = Field(default_factory=list)
+    include: list[str] = Field(default_factory=lambda: list(VIDEO_PATTERNS))
+    exclude: list[str] = Field(default_factory=list)
+    stability_window: float = Field(STABILITY_WINDOW_S, ge=0, description="seconds")
+
+
+class WorkerConfig(_Model):
+    """The job runners' settings (the ``worker:`` section)."""
+
+    concurrency: int = Field(WORKER_CONCURRENCY, ge=1)
+    prefetch: int = Field(0, ge=0)
+    kinds: list[str] | None = None
+    poll_interval: float = Field(POLL_INTERVAL_S, gt=0, description="seconds")
+    lease: float = Field(LEASE_S, gt=0, description="seconds")
+    shutdown_grace: float = Field(SHUTDOWN_GRACE_S, ge=0, description="seconds")
+    #: Job kind -> ``package.module:function``.
+    handlers: dict[str, str] = Field(default_factory=dict)
+    #: Pipeline stage -> ``package.module:function`` run by ``process_episode``.
+    stages: dict[str, str] = Field(default_factory=dict)
+    discover: DiscoverConfig = DiscoverConfig()
+    webhook_secret: SecretStr | None = None
 
 
 def _backend_of(url: str) -> str:
@@ -277,6 +310,24 @@ def load_database_config(
     return database_config(section, environ=environ)
 
 
+def load_worker_config(
+    path: Path | str | None = None, *, environ: Mapping[str, str] | None = None
+) -> WorkerConfig:
+    """Load and validate the ``worker:`` section of the configuration file.
+
+    Raises:
+        ConfigurationError: naming the key and what is allowed.
+    """
+    section = load_config(path, environ=environ).get("worker") or {}
+    if not isinstance(section, dict):
+        raise ConfigurationError("worker: must be a mapping", key="worker")
+    try:
+        return WorkerConfig.model_validate(section)
+    except ValidationError as exc:
+        problem = _describe(exc, "worker", WorkerConfig)
+    raise ConfigurationError(problem, key="worker")
+
+
 def _read_yaml(file: Path) -> Any:
     try:
         return yaml.safe_load(file.read_text(encoding="utf-8"))
@@ -295,13 +346,13 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
     return type(exc).__name__
 
 
-def _describe(exc: ValidationError, section: str) -> str:
+def _describe(exc: ValidationError, section: str, root: type[BaseModel] | None = None) -> str:
     problems = []
     for error in exc.errors(include_url=False):
         loc = ".".join(str(part) for part in (section, *error["loc"]))
         message = error["msg"]
         if error["type"] == "extra_forbidden":
-            allowed = _model_at(error["loc"][:-1]).model_fields
+            allowed = _model_at(error["loc"][:-1], root or DatabaseConfig).model_fields
             message = "unknown key; allowed keys: " + ", ".join(sorted(allowed))
         elif error["type"] == "value_error":
             # Our own validators' messages, without pydantic's "Value error, " prefix.
@@ -312,9 +363,9 @@ def _describe(exc: ValidationError, section: str) -> str:
     return "invalid configuration: " + "; ".join(problems)
 
 
-def _model_at(loc: tuple[int | str, ...]) -> type[BaseModel]:
+def _model_at(loc: tuple[int | str, ...], root: type[BaseModel]) -> type[BaseModel]:
     """The model that holds the keys at ``loc`` (``("retry",)`` is a RetryPolicy)."""
-    model: type[BaseModel] = DatabaseConfig
+    model: type[BaseModel] = root
     for part in loc:
         field = model.model_fields.get(str(part))
         annotation = field.annotation if field is not None else None
