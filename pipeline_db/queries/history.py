@@ -12,9 +12,12 @@ from pipeline_db.schema import processing_log, processing_metrics
 LOG_COLUMNS = tuple(processing_log.c)
 
 
-def insert_event(values: dict[str, Any]) -> Insert:
-    """Append one processing_log event."""
-    return insert(processing_log).values(**values)
+def insert_event() -> Insert:
+    """Append processing_log events (values given at execution)."""
+    return _INSERT_EVENT
+
+
+_INSERT_EVENT = insert(processing_log)
 
 
 def insert_event_returning(values: dict[str, Any]) -> ReturningInsert[Any]:
