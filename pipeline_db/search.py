@@ -12,10 +12,11 @@ for each engine, so both return the same episodes and no input can raise.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -35,7 +36,7 @@ FACET_LIMIT = 100
 REBUILD_BATCH = 500
 FLAGS = ("has_transcript", "has_enrichment", "has_editorial")
 
-_WORD = re.compile(r"-?[^\W_]+")
+_WORD = re.compile(r"[^\W_]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,9 +54,15 @@ class ParsedQuery:
     def __bool__(self) -> bool:
         return any(self.groups)
 
-    def websearch(self) -> str:
-        """The query as ``websearch_to_tsquery`` input (PostgreSQL)."""
-        negated = " ".join(f"-{word}" for word in self.excluded)
+    def websearch(self, *, exclusions: bool = True) -> str:
+        """The query as ``websearch_to_tsquery`` input (PostgreSQL).
+
+        Args:
+            exclusions: include the ``-word`` exclusions. ``ts_rank`` scores
+                every match of a query with a negated word alike, so the rank
+                is computed from the query without them.
+        """
+        negated = " ".join(f"-{word}" for word in self.excluded) if exclusions else ""
         return " or ".join(" ".join(g) + (f" {negated}" if negated else "") for g in self.groups)
 
     def fts5(self) -> str:
@@ -72,22 +79,29 @@ def parse_query(text: str) -> ParsedQuery:
 
     Words are runs of letters and digits (quotes, ``*``, parentheses, ``NEAR``
     and other syntax are not operators), lower-cased, without stop words, at
-    most :data:`MAX_QUERY_TERMS` of them.
+    most :data:`MAX_QUERY_TERMS` of them. A whitespace-separated ``or`` joins
+    alternatives. A ``-`` before a chunk of text excludes every word of it
+    (``-well-known`` excludes "well" and "known"); a hyphen inside a chunk only
+    separates words (``well-known`` requires both), as both engines split
+    such compounds when indexing.
     """
     groups: list[list[str]] = [[]]
     excluded: list[str] = []
     terms = 0
-    for token in _WORD.findall(text.lower()):
-        negate = token.startswith("-")
-        word = token.lstrip("-")
-        if word == "or" and not negate:
+    for chunk in text.lower().split():
+        words = _WORD.findall(chunk)
+        if not words:
+            continue
+        negate = "-" in chunk[: chunk.index(words[0])]
+        if words == ["or"] and not negate:
             if groups[-1]:
                 groups.append([])
             continue
-        if word in ENGLISH_STOP_WORDS or terms >= MAX_QUERY_TERMS:
-            continue
-        terms += 1
-        (excluded if negate else groups[-1]).append(word)
+        for word in words:
+            if word in ENGLISH_STOP_WORDS or terms >= MAX_QUERY_TERMS:
+                continue
+            terms += 1
+            (excluded if negate else groups[-1]).append(word)
     return ParsedQuery([g for g in groups if g], excluded)
 
 
@@ -179,7 +193,26 @@ class MetadataIndex:
         has_editorial: bool | None = None,
         limit: int = FACET_LIMIT,
     ) -> list[IndexEntry]:
-        """Index rows matching every given filter, newest date first."""
+        """Index rows matching every given filter, newest date first, undated last.
+
+        ``show`` matches exactly; ``guest`` and ``topic`` match one element of
+        the episode's list, ignoring case (on SQLite, only ASCII letters' case:
+        its ``lower()`` leaves other letters as they are). Date and duration
+        bounds are inclusive.
+
+        Raises:
+            InvalidInputError: a value of the wrong type, a NaN bound, text
+                with NUL characters, or a limit out of range (naming the field).
+        """
+        for name, text in (("show", show), ("guest", guest), ("topic", topic)):
+            _check_text(text, name)
+        date_from = _check_date(date_from, "date_from")
+        date_to = _check_date(date_to, "date_to")
+        _check_number(min_duration, "min_duration")
+        _check_number(max_duration, "max_duration")
+        for name, flag in zip(FLAGS, (has_transcript, has_enrichment, has_editorial), strict=True):
+            if flag is not None and not isinstance(flag, bool):
+                raise InvalidInputError(f"{name} must be true or false", field=name)
         flags = {
             name: value
             for name, value in zip(
@@ -217,16 +250,23 @@ class MetadataIndex:
     ) -> list[SearchHit]:
         """Full-text search over title, summary, transcript, topics and guests, best first.
 
-        Any input is accepted; input with no searchable word returns ``[]``.
+        Any text is accepted; text with no searchable word returns ``[]``.
+
+        Raises:
+            InvalidInputError: text that is not a string, a ``show`` with NUL
+                characters, a limit outside 1..200 (naming the field).
         """
         if not isinstance(text, str):
             raise InvalidInputError("the search text must be a string", field="q")
+        _check_text(show, "show")
+        size = _limit(limit, MAX_SEARCH_LIMIT)
         parsed = parse_query(text)
         if not parsed:
             return []
-        size = _limit(limit, MAX_SEARCH_LIMIT)
         if self._db.dialect == "postgresql":
-            statement = q.fulltext_postgresql(parsed.websearch(), show, size)
+            statement = q.fulltext_postgresql(
+                parsed.websearch(), parsed.websearch(exclusions=False), show, size
+            )
         else:
             statement = q.fulltext_sqlite(parsed.fts5(), show, size)
         async with self._db.read() as conn:
@@ -250,10 +290,15 @@ class MetadataIndex:
     async def rebuild(self) -> int:
         """Recompute every index row from the episodes, in batches; returns the count.
 
-        Rows are replaced in place (searches keep working meanwhile); on SQLite
-        the FTS5 table is then rebuilt from the index rows.
+        On SQLite the FTS5 table is first rebuilt from the index rows: its
+        triggers update it by deleting each row's old terms, which corrupts
+        it if it no longer holds them, so it must be in step before rows
+        change. Rows are then replaced in place (searches keep working
+        meanwhile).
         """
         dialect = self._db.dialect
+        if dialect == "sqlite":
+            await self._db.transaction(lambda conn: conn.execute(q.rebuild_sqlite_fts()))
         done, after = 0, None
         while True:
             async with self._db.read() as conn:
@@ -268,8 +313,6 @@ class MetadataIndex:
             await self._db.transaction(work)
             done += len(batch)
             after = batch[-1][0]
-        if dialect == "sqlite":
-            await self._db.transaction(lambda conn: conn.execute(q.rebuild_sqlite_fts()))
         return done
 
     async def _array_facet(self, column: str, limit: int) -> list[Facet]:
@@ -319,7 +362,36 @@ def _names(value: Any) -> list[str] | None:
     return [n for n in names if isinstance(n, str) and n]
 
 
+def _check_text(value: Any, name: str) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str) or "\x00" in value:
+        raise InvalidInputError(f"{name} must be text without NUL characters", field=name)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInputError(f"{name} is not valid Unicode text", field=name) from None
+
+
+def _check_date(value: Any, name: str) -> date | None:
+    if value is None:
+        return None
+    if not isinstance(value, date):
+        raise InvalidInputError(f"{name} must be a date", field=name)
+    # A datetime is a date too, but each backend would compare it differently.
+    return value.date() if isinstance(value, datetime) else value
+
+
+def _check_number(value: Any, name: str) -> None:
+    if value is None:
+        return
+    # NaN compares differently on each backend (PostgreSQL sorts it above
+    # every number, SQLite binds it as NULL), so it is refused.
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+        raise InvalidInputError(f"{name} must be a number of seconds", field=name)
+
+
 def _limit(limit: int, most: int = FACET_LIMIT * 5) -> int:
-    if not isinstance(limit, int) or not 1 <= limit <= most:
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= most:
         raise InvalidInputError(f"limit must be between 1 and {most}", field="limit")
     return limit

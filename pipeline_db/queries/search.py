@@ -70,26 +70,32 @@ def filtered(
         query = query.where(t[flag].is_(wanted))
     if episode_ids is not None:
         query = query.where(t.episode_id.in_(episode_ids))
-    return query.order_by(desc(t.date), t.episode_id).limit(limit)
+    # Explicit NULLS LAST: PostgreSQL puts NULLs first in descending order, SQLite last.
+    return query.order_by(desc(t.date).nulls_last(), t.episode_id).limit(limit)
 
 
 def with_array_value(dialect: str, column: str, value: str) -> Select[Any]:
-    """Episode ids whose JSON array ``column`` holds ``value`` (case-insensitive)."""
+    """Episode ids whose JSON array ``column`` holds ``value`` (case-insensitive).
+
+    The parameter is named after the column: two of these in one statement
+    (a guest and a topic filter) must not share a bind name.
+    """
+    param = f"{column}_value"
     if dialect == "postgresql":
         sql = (
             f"SELECT episode_id FROM json_metadata_index, jsonb_array_elements_text("
             f"CASE jsonb_typeof({column}) WHEN 'array' THEN {column} ELSE '[]' END) AS v(value) "
-            "WHERE lower(v.value) = lower(:value)"
+            f"WHERE lower(v.value) = lower(:{param})"
         )
     else:
         sql = (
             f"SELECT episode_id FROM json_metadata_index, json_each("
             f"CASE json_type({column}) WHEN 'array' THEN {column} ELSE '[]' END) AS v "
-            "WHERE lower(v.value) = lower(:value)"
+            f"WHERE lower(v.value) = lower(:{param})"
         )
     return select(json_metadata_index.c.episode_id).where(
         json_metadata_index.c.episode_id.in_(
-            text(sql).bindparams(value=value).columns(json_metadata_index.c.episode_id)
+            text(sql).bindparams(**{param: value}).columns(json_metadata_index.c.episode_id)
         )
     )
 
@@ -126,14 +132,24 @@ def show_facet(limit: int) -> Select[Any]:
     )
 
 
-def fulltext_postgresql(query: str, show: str | None, limit: int) -> TextClause:
-    """Ranked matches of a websearch query against the weighted tsvector (PostgreSQL)."""
+def fulltext_postgresql(query: str, rank_query: str, show: str | None, limit: int) -> TextClause:
+    """Matches of a websearch query against the weighted tsvector, ranked by ``rank_query``.
+
+    ``ts_rank`` of a query with a negated word scores every match alike, so
+    the caller ranks with the query's positive words only (PostgreSQL).
+    """
     return text(
-        "SELECT i.episode_id, i.title, i.show_name, ts_rank(i.search_vector, q) AS rank "
-        "FROM json_metadata_index AS i, websearch_to_tsquery('english', :query) AS q "
+        "SELECT i.episode_id, i.title, i.show_name, ts_rank(i.search_vector, r) AS rank "
+        "FROM json_metadata_index AS i, websearch_to_tsquery('english', :query) AS q, "
+        "websearch_to_tsquery('english', :rank_query) AS r "
         "WHERE i.search_vector @@ q AND (CAST(:show AS text) IS NULL OR i.show_name = :show) "
         "ORDER BY rank DESC, i.episode_id LIMIT :limit"
-    ).bindparams(bindparam("query", query), bindparam("show", show), bindparam("limit", limit))
+    ).bindparams(
+        bindparam("query", query),
+        bindparam("rank_query", rank_query),
+        bindparam("show", show),
+        bindparam("limit", limit),
+    )
 
 
 def fulltext_sqlite(match: str, show: str | None, limit: int) -> TextClause:
