@@ -16,6 +16,9 @@ from pipeline_db.queries import episodes as eq
 from pipeline_db.schema import ASPECT_RATIOS, ASSET_VARIANTS, CLIP_STATUSES, clip_assets, clips
 
 CLIP_LIMIT = 100
+MAX_CLIP_LIMIT = 1000
+#: BIGINT's range: larger integers cannot be stored by either backend.
+_INT64 = range(-(2**63), 2**63)
 _UNSET: Any = object()
 
 
@@ -63,6 +66,8 @@ class Clips:
             )
         _check_score(score)
         _check_status(status)
+        _check_optional_text(title, "title")
+        _check_optional_text(caption, "caption")
         _check_tags(hashtags)
         values = {
             "id": id,
@@ -103,14 +108,30 @@ class Clips:
         return Clip.model_validate(row)
 
     async def of_episode(self, episode_id: str) -> builtins.list[Clip]:
-        """An episode's clips by start time."""
+        """An episode's clips by start time.
+
+        Raises:
+            NotFoundError: no such episode.
+        """
         async with self._db.read() as conn:
             rows = (await conn.execute(q.of_episode(episode_id))).mappings().all()
+            if not rows and (await conn.execute(eq.exists(episode_id))).first() is None:
+                raise NotFoundError(f"episode {episode_id!r} does not exist", episode_id=episode_id)
         return [Clip.model_validate(row) for row in rows]
 
     async def by_status(self, status: str, *, limit: int = CLIP_LIMIT) -> builtins.list[Clip]:
-        """Clips with this status, best score first."""
+        """Clips with this status, best score first (unscored last).
+
+        Raises:
+            InvalidInputError: an unknown status, a limit outside 1..1000.
+        """
         _check_status(status)
+        if (
+            isinstance(limit, bool)
+            or not isinstance(limit, int)
+            or not 1 <= limit <= MAX_CLIP_LIMIT
+        ):
+            raise InvalidInputError(f"limit must be between 1 and {MAX_CLIP_LIMIT}", field="limit")
         async with self._db.read() as conn:
             rows = (await conn.execute(q.by_status(status, limit))).mappings().all()
         return [Clip.model_validate(row) for row in rows]
@@ -137,12 +158,16 @@ class Clips:
 
         Raises:
             NotFoundError: no such clip.
+            InvalidInputError: a value that is not text (or a list of text).
         """
         values = {
             k: v
             for k, v in (("title", title), ("caption", caption), ("hashtags", hashtags))
             if v is not _UNSET
         }
+        for name in ("title", "caption"):
+            if name in values:
+                _check_optional_text(values[name], name)
         if "hashtags" in values:
             _check_tags(values["hashtags"])
         if not values:
@@ -210,21 +235,23 @@ class Clips:
         return await self._db.transaction(work)
 
     async def assets(self, clip_id: str) -> builtins.list[ClipAsset]:
-        """A clip's assets by variant and aspect ratio."""
+        """A clip's assets by variant and aspect ratio.
+
+        Raises:
+            NotFoundError: no such clip.
+        """
         async with self._db.read() as conn:
             rows = (await conn.execute(q.assets_of(clip_id))).mappings().all()
+            if not rows and (await conn.execute(q.by_id(clip_id))).first() is None:
+                raise _not_found(clip_id)
         return [ClipAsset.model_validate(row) for row in rows]
 
     async def stats(self) -> ClipStats:
         """Clips by status; assets by variant and by aspect ratio."""
         async with self._db.read() as conn:
-            by_status = dict((await conn.execute(q.count_by(clips.c.status))).tuples().all())
-            by_variant = dict(
-                (await conn.execute(q.count_by(clip_assets.c.variant))).tuples().all()
-            )
-            by_ratio = dict(
-                (await conn.execute(q.count_by(clip_assets.c.aspect_ratio))).tuples().all()
-            )
+            by_status = await _counts(conn, clips.c.status)
+            by_variant = await _counts(conn, clip_assets.c.variant)
+            by_ratio = await _counts(conn, clip_assets.c.aspect_ratio)
         return ClipStats(
             by_status={s: int(by_status.get(s, 0)) for s in CLIP_STATUSES},
             by_variant={v: int(by_variant.get(v, 0)) for v in ASSET_VARIANTS},
@@ -241,6 +268,10 @@ class Clips:
         return await self._db.transaction(work)
 
 
+async def _counts(conn: AsyncConnection, column: Any) -> dict[str, int]:
+    return {str(value): int(n) for value, n in (await conn.execute(q.count_by(column))).all()}
+
+
 def _not_found(clip_id: str) -> NotFoundError:
     return NotFoundError(f"clip {clip_id!r} does not exist", clip_id=clip_id)
 
@@ -250,9 +281,16 @@ def _check_text(value: Any, field: str) -> None:
         raise InvalidInputError(f"{field} must be a non-empty string", field=field)
 
 
+def _check_optional_text(value: Any, field: str) -> None:
+    if value is not None and (not isinstance(value, str) or "\x00" in value):
+        raise InvalidInputError(f"{field} must be text without NUL characters", field=field)
+
+
 def _check_int(value: Any, field: str) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidInputError(f"{field} must be an integer, not {value!r}", field=field)
+    if value not in _INT64:
+        raise InvalidInputError(f"{field} is out of the 64-bit integer range", field=field)
 
 
 def _check_score(score: Any) -> None:
@@ -273,6 +311,9 @@ def _check_status(status: Any) -> None:
 
 def _check_tags(tags: Any) -> None:
     if tags is not None and (
-        not isinstance(tags, builtins.list) or not all(isinstance(t, str) for t in tags)
+        not isinstance(tags, builtins.list)
+        or not all(isinstance(t, str) and "\x00" not in t for t in tags)
     ):
-        raise InvalidInputError("hashtags must be a list of strings", field="hashtags")
+        raise InvalidInputError(
+            "hashtags must be a list of strings without NUL characters", field="hashtags"
+        )
