@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import Select, delete, desc, func, insert, select, update
 from sqlalchemy.sql.dml import ReturningDelete, ReturningInsert, ReturningUpdate
 
-from pipeline_db.schema import backup_log, social_jobs
+from pipeline_db.schema import backup_log, social_jobs, utcnow
 
 JOB_COLUMNS = tuple(social_jobs.c)
 BACKUP_COLUMNS = tuple(backup_log.c)
@@ -34,11 +34,15 @@ def jobs(episode_id: str | None, status: str | None, limit: int) -> Select[Any]:
 
 
 def set_job(job_id: str, values: dict[str, Any]) -> ReturningUpdate[Any]:
-    """Update the given columns of a social job."""
+    """Update the given columns of a social job, and its ``updated_at``.
+
+    ``updated_at`` is set here, not left to the trigger: SQLite's trigger runs
+    after the update, so RETURNING would report the old value.
+    """
     return (
         update(social_jobs)
         .where(social_jobs.c.job_id == job_id)
-        .values(**values)
+        .values({"updated_at": utcnow(), **values})
         .returning(*JOB_COLUMNS)
     )
 
