@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Literal, TypeGuard, TypeVar
 
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from pipeline_db._signals import Signals
@@ -125,6 +125,15 @@ class Database:
         if self._engine is None:
             raise InterfaceError("the Database is not open: use `async with Database(config)`")
         return self._engine
+
+    @property
+    def sync_engines(self) -> list[Engine]:
+        """Every synchronous engine statements run on, for SQLAlchemy event listeners.
+
+        The async engine's ``sync_engine``, plus on SQLite the engine that
+        :meth:`run_sync` uses in its worker threads.
+        """
+        return [self.engine.sync_engine, *self.backend.extra_engines()]
 
     @property
     def dialect(self) -> Literal["sqlite", "postgresql"]:

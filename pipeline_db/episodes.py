@@ -12,12 +12,12 @@ import binascii
 import builtins
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from itertools import count
 from typing import Any
 
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import Executable
 
@@ -119,8 +119,7 @@ class Episodes:
         Raises:
             NotFoundError: no such episode.
         """
-        async with self._db.read() as conn:
-            row = (await conn.execute(q.by_id(episode_id))).mappings().first()
+        row = await self._fetch_one(q.by_id(episode_id))
         if row is None:
             raise NotFoundError(f"episode {episode_id!r} does not exist", episode_id=episode_id)
         return Episode.model_validate(row)
@@ -131,16 +130,14 @@ class Episodes:
         Raises:
             NotFoundError: no episode has this hash.
         """
-        async with self._db.read() as conn:
-            row = (await conn.execute(q.by_hash(content_hash))).mappings().first()
+        row = await self._fetch_one(q.by_hash(content_hash))
         if row is None:
             raise NotFoundError(f"no episode has hash {content_hash!r}", hash=content_hash)
         return Episode.model_validate(row)
 
     async def exists(self, episode_id: str) -> bool:
         """Whether an episode with this id exists."""
-        async with self._db.read() as conn:
-            return (await conn.execute(q.exists(episode_id))).first() is not None
+        return await self._fetch_one(q.exists(episode_id)) is not None
 
     async def find_by_filename(self, name: str, *, limit: int = PAGE_SIZE) -> list[Episode]:
         """Episodes whose source file is named ``name``, compared case-insensitively.
@@ -148,8 +145,7 @@ class Episodes:
         ``%`` and ``_`` are literal: the name is compared, never used as a pattern.
         """
         _check_text(name, "name")
-        async with self._db.read() as conn:
-            rows = (await conn.execute(q.by_file_name(name, _limit(limit)))).mappings().all()
+        rows = await self._fetch_all(q.by_file_name(name, _limit(limit)))
         return [Episode.model_validate(row) for row in rows]
 
     async def list(
@@ -178,8 +174,7 @@ class Episodes:
             after=_decode_cursor(cursor) if cursor else None,
             limit=size + 1,
         )
-        async with self._db.read() as conn:
-            rows = (await conn.execute(query)).mappings().all()
+        rows = await self._fetch_all(query)
         items = [Episode.model_validate(row) for row in rows[:size]]
         more = len(rows) > size
         return Page(items=items, next_cursor=_encode_cursor(items[-1]) if more else None)
@@ -192,8 +187,7 @@ class Episodes:
         before = list(STAGES[: STAGES.index(target_stage)])
         if not before:
             return []
-        async with self._db.read() as conn:
-            rows = (await conn.execute(q.needing(before, _limit(limit)))).mappings().all()
+        rows = await self._fetch_all(q.needing(before, _limit(limit)))
         return [Episode.model_validate(row) for row in rows]
 
     async def advance_stage(
@@ -412,6 +406,22 @@ class Episodes:
             return Episode.model_validate(updated)
 
         return await self._db.transaction(work)
+
+    async def _fetch_one(self, query: Executable) -> RowMapping | None:
+        """One row of a single-statement read: one round trip / one thread hop."""
+
+        def work(conn: Connection) -> RowMapping | None:
+            return conn.execute(query).mappings().first()
+
+        return await self._db.run_sync(work, readonly=True, autocommit=True)
+
+    async def _fetch_all(self, query: Executable) -> Sequence[RowMapping]:
+        """The rows of a single-statement read."""
+
+        def work(conn: Connection) -> Sequence[RowMapping]:
+            return conn.execute(query).mappings().all()
+
+        return await self._db.run_sync(work, readonly=True, autocommit=True)
 
     def _check_metadata(self, metadata: Any) -> dict[str, Any]:
         if not isinstance(metadata, Mapping):

@@ -94,6 +94,10 @@ class Backend(Protocol):
         """Release what the backend holds beside the engine."""
         ...
 
+    def extra_engines(self) -> list[Engine]:
+        """Synchronous engines the backend runs statements on besides the main one."""
+        ...
+
     def notify(self, conn: Connection, channel: str, payload: str) -> None:
         """Announce ``channel`` to other processes when ``conn``'s transaction commits."""
         ...

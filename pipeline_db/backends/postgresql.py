@@ -10,7 +10,7 @@ from typing import Any, Literal, TypeVar
 
 import asyncpg
 from sqlalchemy import func, select
-from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.util import greenlet_spawn
 
@@ -141,6 +141,10 @@ class PostgreSQLBackend:
 
     async def dispose(self) -> None:
         """Nothing beyond the engine."""
+
+    def extra_engines(self) -> list[Engine]:
+        """None: run_sync works on the async engine's own pool."""
+        return []
 
     def notify(self, conn: Connection, channel: str, payload: str) -> None:
         """``pg_notify``: delivered to listeners when the transaction commits."""

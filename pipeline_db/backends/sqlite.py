@@ -169,6 +169,10 @@ class SQLiteBackend:
         """SQLite cannot listen: runners in other processes poll."""
         return None
 
+    def extra_engines(self) -> list[Engine]:
+        """The synchronous engine of :meth:`run_sync`'s worker threads."""
+        return [self._sync_engine] if self._sync_engine is not None else []
+
     async def dispose(self) -> None:
         """Close the synchronous engine's connections and stop the worker threads."""
         if self._sync_engine is not None:

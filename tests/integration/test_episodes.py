@@ -104,11 +104,13 @@ def statements(db: Database) -> Iterator[list[tuple[str, Any]]]:
     def record(*args: Any) -> None:
         seen.append((args[2], args[3]))
 
-    event.listen(db.engine.sync_engine, "before_cursor_execute", record)
+    for engine in db.sync_engines:
+        event.listen(engine, "before_cursor_execute", record)
     try:
         yield seen
     finally:
-        event.remove(db.engine.sync_engine, "before_cursor_execute", record)
+        for engine in db.sync_engines:
+            event.remove(engine, "before_cursor_execute", record)
 
 
 # -- register ----------------------------------------------------------------
