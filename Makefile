@@ -19,7 +19,7 @@ install: $(STAMP) ## Create .venv and install the project with its dev extra
 
 run: $(STAMP) ## Serve the API on the embedded SQLite default (config/pipeline.yaml)
 	$(BIN)/pipeline-db db upgrade
-	$(BIN)/pipeline-db serve
+	$(BIN)/pipeline-db serve --with-worker
 
 test: $(STAMP) ## Run the whole test suite on SQLite and PostgreSQL
 	$(BIN)/pytest

@@ -7,8 +7,14 @@ import asyncio
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
-from pipeline_db.config import load_database_config, load_worker_config
+from pipeline_db.config import (
+    WITH_WORKER_ENV,
+    load_database_config,
+    load_server_config,
+    load_worker_config,
+)
 from pipeline_db.database import Database
 from pipeline_db.errors import PipelineDBError
 from pipeline_db.migrations import status, upgrade
@@ -37,9 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     serve = commands.add_parser("serve", help="serve the HTTP API with uvicorn")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument("--host", help="address to bind (default: server.host, 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default: server.port, 8000)")
+    serve.add_argument("--workers", type=int, help="server processes (default: server.workers)")
     serve.add_argument(
         "--upgrade", action="store_true", help="upgrade a schema that is behind instead of refusing"
     )
@@ -75,17 +81,61 @@ async def _worker(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    import ipaddress
     import os
+    import shutil
+    import tempfile
 
     import uvicorn
 
     if args.config:
         os.environ["PIPELINE_CONFIG"] = args.config
     if args.with_worker:
-        os.environ["PIPELINE_SERVE_WITH_WORKER"] = "1"
+        os.environ[WITH_WORKER_ENV] = "1"
+    server = load_server_config(args.config)
+    load_database_config(args.config)  # fail here, with its message, not in a worker
+    host = args.host or server.host
+    port = args.port or server.port
+    workers = args.workers or server.workers
+    if not server.token_names():
+        if not _is_loopback(host, ipaddress):
+            print(
+                f"pipeline-db: refusing to serve on {host} without an API token: set "
+                "PIPELINE_API_TOKEN (or server.tokens), or bind 127.0.0.1",
+                file=sys.stderr,
+            )
+            return 2
+        logging.getLogger("pipeline_db").warning(
+            "no API token is configured: serving on %s only, without authentication", host
+        )
+    metrics_dir = None
+    if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Every worker writes its samples here; /metrics merges them.
+        metrics_dir = tempfile.mkdtemp(prefix="pipeline-db-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     factory = "server.app:create_upgrading_app" if args.upgrade else "server.app:create_app"
-    uvicorn.run(factory, factory=True, host=args.host, port=args.port, workers=args.workers)
+    try:
+        uvicorn.run(
+            factory,
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            timeout_graceful_shutdown=30,
+        )
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
+
+
+def _is_loopback(host: str, ipaddress: Any) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return bool(ipaddress.ip_address(host).is_loopback)
+    except ValueError:
+        return False
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -53,7 +53,14 @@ SHUTDOWN_GRACE_S = 30.0
 STABILITY_WINDOW_S = 10.0
 VIDEO_PATTERNS = ("*.mp4", "*.mov", "*.mkv", "*.m4v", "*.webm", "*.avi")
 
-SECRET_FIELDS = frozenset({"password", "url", "listen_url", "webhook_secret"})
+MAX_BODY_BYTES = 1024 * 1024
+PROCESS_WAIT_S = 1_800.0
+API_TOKEN_ENV = "PIPELINE_API_TOKEN"
+WITH_WORKER_ENV = "PIPELINE_SERVE_WITH_WORKER"
+
+SECRET_FIELDS = frozenset(
+    {"password", "url", "listen_url", "webhook_secret", "api_token", "tokens"}
+)
 
 _DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
 _URL_SCHEMES = {
@@ -183,6 +190,34 @@ class WorkerConfig(_Model):
     stages: dict[str, str] = Field(default_factory=dict)
     discover: DiscoverConfig = DiscoverConfig()
     webhook_secret: SecretStr | None = None
+
+
+class ServerConfig(_Model):
+    """The HTTP server's settings (the ``server:`` section)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65_535)
+    workers: int = Field(1, ge=1)
+    #: The bearer token (``PIPELINE_API_TOKEN`` sets it too).
+    api_token: SecretStr | None = None
+    #: More bearer tokens, by name (the name is logged, never the token).
+    tokens: dict[str, SecretStr] = Field(default_factory=dict)
+    public_metrics: bool = False
+    max_body_bytes: int = Field(MAX_BODY_BYTES, ge=1_024)
+    #: Longest wait of the legacy ``POST /episodes/process`` (the workflows' timeout).
+    process_wait: float = Field(PROCESS_WAIT_S, ge=0, description="seconds")
+    #: Upgrade a schema that is behind at start-up instead of refusing to serve.
+    auto_upgrade: bool = False
+    #: Run job runners in each server process.
+    with_worker: bool = False
+    idempotency_ttl_hours: float = Field(24.0, gt=0)
+
+    def token_names(self) -> dict[str, str]:
+        """Every configured token, mapped to its name ("default" for ``api_token``)."""
+        found = {value.get_secret_value(): name for name, value in self.tokens.items()}
+        if self.api_token is not None:
+            found[self.api_token.get_secret_value()] = "default"
+        return found
 
 
 def _backend_of(url: str) -> str:
@@ -326,6 +361,30 @@ def load_worker_config(
     except ValidationError as exc:
         problem = _describe(exc, "worker", WorkerConfig)
     raise ConfigurationError(problem, key="worker")
+
+
+def load_server_config(
+    path: Path | str | None = None, *, environ: Mapping[str, str] | None = None
+) -> ServerConfig:
+    """Load the ``server:`` section; ``PIPELINE_API_TOKEN`` sets the bearer token.
+
+    Raises:
+        ConfigurationError: naming the key and what is allowed.
+    """
+    env = os.environ if environ is None else environ
+    section = load_config(path, environ=environ).get("server") or {}
+    if not isinstance(section, dict):
+        raise ConfigurationError("server: must be a mapping", key="server")
+    section = dict(section)
+    if env.get(API_TOKEN_ENV):
+        section["api_token"] = env[API_TOKEN_ENV]
+    if env.get(WITH_WORKER_ENV) == "1":
+        section["with_worker"] = True
+    try:
+        return ServerConfig.model_validate(section)
+    except ValidationError as exc:
+        problem = _describe(exc, "server", ServerConfig)
+    raise ConfigurationError(problem, key="server")
 
 
 def _read_yaml(file: Path) -> Any:

@@ -20,11 +20,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Literal, TypeGuard, TypeVar
+from typing import Literal, Protocol, TypeGuard, TypeVar
 
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -41,6 +42,16 @@ logger = logging.getLogger("pipeline_db")
 T = TypeVar("T")
 Isolation = Literal["READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE"]
 ISOLATION_LEVELS: frozenset[str] = frozenset(Isolation.__args__)  # type: ignore[attr-defined]
+
+
+class Observer(Protocol):
+    """Something told what the database layer does (metrics exporters)."""
+
+    def retried(self, cause: str) -> None:
+        """A transient failure of this cause was retried."""
+
+    def waited(self, seconds: float) -> None:
+        """A task waited this long for a connection slot."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +95,8 @@ class Database:
         self.retries: Counter[str] = Counter()
         #: In-process wake-ups (job queue), beside PostgreSQL's LISTEN/NOTIFY.
         self.signals = Signals()
+        #: Told of every retry (``retried(cause)``) and pool wait (``waited(seconds)``).
+        self.observers: list[Observer] = []
 
     def __repr__(self) -> str:
         return f"<Database {self.config.describe()}>"
@@ -283,11 +296,17 @@ class Database:
         )
 
     async def _acquire_slot(self) -> None:
+        if not self._slots.locked():
+            await self._slots.acquire()  # a free slot: no wait to report
+            return
         self._waiting += 1
+        started = time.perf_counter()
         try:
             await self._slots.acquire()
         finally:
             self._waiting -= 1
+            for observer in self.observers:
+                observer.waited(time.perf_counter() - started)
 
     async def _checkout(self, engine: AsyncEngine) -> AsyncConnection:
         """Take a pool slot (fairly), then a connection; the caller releases the slot."""
@@ -302,7 +321,10 @@ class Database:
         return conn
 
     def _count_retry(self, failure: TransientError) -> None:
-        self.retries[failure.cause or "unknown"] += 1
+        cause = failure.cause or "unknown"
+        self.retries[cause] += 1
+        for observer in self.observers:
+            observer.retried(cause)
 
     @contextlib.asynccontextmanager
     async def _unit(

@@ -27,6 +27,8 @@ from pipeline_db.queries import jobs as q
 from pipeline_db.schema import JOB_STATUSES
 
 CHANNEL = "pipeline_db_jobs"
+#: In-process signal: some job finished (waiters re-read their job).
+FINISHED_CHANNEL = "pipeline_db_jobs_finished"
 MAX_ATTEMPTS = 3
 LEASE_S = 30.0
 PAGE_SIZE = 50
@@ -300,6 +302,7 @@ class JobQueue:
 
         # Re-running is harmless: the guard status='running' makes it a no-op.
         await self._db.run_sync(work)
+        self._db.signals.notify(FINISHED_CHANNEL)
 
     async def requeue(
         self,
@@ -311,7 +314,10 @@ class JobQueue:
         traceback: str | None = None,
         count_attempt: bool = True,
     ) -> None:
-        """Put a running job back in the queue, due in ``delay_s`` seconds."""
+        """Put a running job back in the queue, due in ``delay_s`` seconds.
+
+        A job whose cancellation was requested is cancelled instead.
+        """
         params = {
             "p_job_id": job_id,
             "p_worker_id": worker_id,
@@ -320,19 +326,27 @@ class JobQueue:
             "p_error_traceback": traceback,
             "p_uncount": 0 if count_attempt else 1,
         }
-        await self._db.run_sync(lambda conn: conn.execute(q.requeue(), params))
+
+        def work(conn: Connection) -> None:
+            row = conn.execute(q.requeue(), params).mappings().first()
+            job = Job.model_validate(row) if row is not None else None
+            if job is not None and job.status == "cancelled" and job.webhook_url:
+                outcome = Outcome(job, "cancelled", error=job.error)
+                conn.execute(q.insert_deliveries(), [outcome.delivery()])
+
+        await self._db.run_sync(work)
         if delay_s <= 0:
             self._db.signals.notify(CHANNEL)
 
     async def reap(self) -> builtins.list[Job]:
-        """Requeue (or fail, when out of attempts) the jobs whose lease expired."""
+        """Requeue (or fail when out of attempts, or cancel on request) jobs whose lease expired."""
 
         def work(conn: Connection) -> builtins.list[Job]:
             reaped = [Job.model_validate(row) for row in conn.execute(q.reap_expired()).mappings()]
             deliveries = [
-                Outcome(job, "failed", error=job.error).delivery()
+                Outcome(job, job.status, error=job.error).delivery()
                 for job in reaped
-                if job.status == "failed" and job.webhook_url
+                if job.status != "queued" and job.webhook_url
             ]
             if deliveries:
                 conn.execute(q.insert_deliveries(), deliveries)

@@ -421,6 +421,21 @@ webhook_deliveries = Table(
     sqlite_autoincrement=True,
 )
 
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("key", Text, primary_key=True),
+    #: A hash of what the request asked (method, path, body): a reused key must match.
+    Column("fingerprint", Text, nullable=False),
+    #: NULL while the first request is still being answered.
+    Column("status_code", Integer),
+    Column("response_body", Text),
+    Column("content_type", Text),
+    Column("headers", JSONType),
+    _created_at(),
+    Index(None, "created_at"),
+)
+
 #: Tables that keep ``updated_at`` current through a trigger.
 TOUCHED_TABLES = ("episodes", "social_jobs")
 #: Columns of the metadata index that full-text search covers, heaviest first.

@@ -1,77 +1,121 @@
-"""The Starlette application: its lifespan owns the one `Database` of the process."""
+"""The Starlette application: its lifespan owns the process's one `Database`.
+
+Each server process (``--workers N``) opens one Database in the lifespan and
+disposes of it on shutdown; with ``--with-worker`` it also runs job runners on
+that same Database, stopped gracefully before the database closes.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.middleware import Middleware
 from starlette.routing import Route
 
-from pipeline_db import Database, DatabaseConfig, PipelineDBError, load_database_config
-from pipeline_db.migrations import require_current, status, upgrade
+from pipeline_db import Database, DatabaseConfig, load_database_config
+from pipeline_db.config import (
+    ServerConfig,
+    WorkerConfig,
+    load_server_config,
+    load_worker_config,
+)
+from pipeline_db.migrations import require_current, upgrade
+from server import api, metrics
+from server.auth import BearerAuth
+from server.context import Services
+from server.errors import EXCEPTION_HANDLERS
+from server.idempotency import idempotent
+from server.limits import BodyLimit
+from server.routes import clips, episodes, jobs, meta  # noqa: F401 - they register routes
 
 logger = logging.getLogger("server")
+POOL_GAUGE_INTERVAL_S = 1.0
 
 
-def create_app(config: DatabaseConfig | None = None, *, auto_upgrade: bool = False) -> Starlette:
-    """Build the app. Without ``config``, it is loaded from the configuration file.
-
-    Args:
-        config: the database configuration.
-        auto_upgrade: upgrade a schema that is behind instead of refusing to serve.
-    """
+def create_app(
+    config: DatabaseConfig | None = None,
+    *,
+    server: ServerConfig | None = None,
+    worker: WorkerConfig | None = None,
+) -> Starlette:
+    """Build the app; what is not given is loaded from the configuration file."""
     database_config = config or load_database_config()
+    server_config = server or load_server_config()
+    worker_config = worker or load_worker_config()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         async with Database(database_config) as db:
-            if auto_upgrade:
+            if server_config.auto_upgrade:
                 await upgrade(db)
             await require_current(db)
-            logger.info("serving %s", database_config.describe())
-            yield {"db": db}
+            metrics.attach(db)
+            background = [asyncio.create_task(_publish_pool(db), name="pool-gauges")]
+            runner = None
+            if server_config.with_worker:
+                from pipeline_db.worker import build_runner
 
+                runner = build_runner(db, worker_config)
+                background.append(asyncio.create_task(runner.run(), name="runner"))
+            logger.info("serving %s", database_config.describe())
+            try:
+                yield {"services": Services.of(db, server_config)}
+            finally:
+                if runner is not None:
+                    runner.stop()
+                    await asyncio.gather(background[-1], return_exceptions=True)
+                for task in background:
+                    task.cancel()
+                await asyncio.gather(*background, return_exceptions=True)
+
+    public = {path for method, path in api.public_paths()}
+    if server_config.public_metrics:
+        public.add("/metrics")
+    middleware = [
+        Middleware(metrics.MetricsMiddleware),
+        Middleware(BearerAuth, tokens=server_config.token_names(), public=public),
+        Middleware(BodyLimit, max_bytes=server_config.max_body_bytes),
+    ]
     return Starlette(
-        routes=[Route("/health", health), Route("/ready", ready)],
+        routes=_routes(),
+        middleware=middleware,
+        exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
 
 
-async def health(request: Request) -> JSONResponse:
-    """Liveness: the process answers; the database is not touched."""
-    return JSONResponse({"status": "ok"})
+def _routes() -> list[Route]:
+    by_path: dict[str, dict[str, api.Endpoint]] = {}
+    for op in api.REGISTRY:
+        endpoint = idempotent(op.endpoint) if op.method == "POST" else op.endpoint
+        by_path.setdefault(op.path, {})[op.method] = endpoint
+    return [
+        Route(path, _dispatch(methods), methods=list(methods)) for path, methods in by_path.items()
+    ]
 
 
-async def ready(request: Request) -> JSONResponse:
-    """Readiness: a database round trip, the schema version and the pool."""
-    db: Database = request.state.db
-    try:
-        schema = await status(db)
-    except PipelineDBError as error:
-        return JSONResponse({"status": "unavailable", "detail": error.message}, status_code=503)
-    pool = db.pool_status()
-    return JSONResponse(
-        {
-            "status": "ok" if schema.is_current else "behind",
-            "database": db.dialect,
-            "schema": {"current": schema.current, "head": schema.head},
-            "pool": {
-                "size": pool.size,
-                "checked_in": pool.checked_in,
-                "checked_out": pool.checked_out,
-                "overflow": pool.overflow,
-                "waiting": pool.waiting,
-            },
-        },
-        status_code=200 if schema.is_current else 503,
-    )
+def _dispatch(methods: dict[str, api.Endpoint]) -> api.Endpoint:
+    if len(methods) == 1:
+        return next(iter(methods.values()))
+
+    async def endpoint(request: Any) -> Any:
+        return await methods[request.method](request)
+
+    return endpoint
+
+
+async def _publish_pool(db: Database) -> None:
+    while True:
+        metrics.observe_pool(db.pool_status())
+        await asyncio.sleep(POOL_GAUGE_INTERVAL_S)
 
 
 def create_upgrading_app() -> Starlette:
     """The app for ``pipeline-db serve --upgrade``: upgrades a schema that is behind."""
-    return create_app(auto_upgrade=True)
+    server = load_server_config().model_copy(update={"auto_upgrade": True})
+    return create_app(server=server)

@@ -1,0 +1,99 @@
+"""What every request handler reaches: the process's services and response helpers."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel
+from starlette.requests import Request
+from starlette.responses import Response
+
+from pipeline_db import (
+    Clips,
+    Database,
+    Dependencies,
+    Episodes,
+    History,
+    MetadataIndex,
+    SocialJobs,
+)
+from pipeline_db.config import ServerConfig
+from pipeline_db.idempotency import IdempotencyStore
+from pipeline_db.jobs import JobQueue
+
+
+@dataclass(frozen=True)
+class Services:
+    """The aggregates of the process's one Database."""
+
+    db: Database
+    config: ServerConfig
+    episodes: Episodes
+    history: History
+    dependencies: Dependencies
+    index: MetadataIndex
+    clips: Clips
+    social: SocialJobs
+    jobs: JobQueue
+    idempotency: IdempotencyStore
+
+    @classmethod
+    def of(cls, db: Database, config: ServerConfig) -> Services:
+        """Build the services over ``db``."""
+        return cls(
+            db=db,
+            config=config,
+            episodes=Episodes(db),
+            history=History(db),
+            dependencies=Dependencies(db),
+            index=MetadataIndex(db),
+            clips=Clips(db),
+            social=SocialJobs(db),
+            jobs=JobQueue(db),
+            idempotency=IdempotencyStore(db),
+        )
+
+
+def services(request: Request) -> Services:
+    """The services of the request's process."""
+    found: Services = request.state.services
+    return found
+
+
+def json_response(
+    payload: Any, status_code: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    """A JSON response from models, lists of models or plain data."""
+    return Response(
+        json.dumps(_plain(payload), ensure_ascii=False, separators=(",", ":")),
+        status_code=status_code,
+        media_type="application/json",
+        headers=headers,
+    )
+
+
+def _plain(payload: Any) -> Any:
+    if isinstance(payload, BaseModel):
+        return payload.model_dump(mode="json")
+    if isinstance(payload, list):
+        return [_plain(item) for item in payload]
+    if isinstance(payload, dict):
+        return {key: _plain(value) for key, value in payload.items()}
+    return payload
+
+
+def page(request: Request, items: list[Any], next_cursor: str | None) -> dict[str, Any]:
+    """A page body with a ``next`` link carrying the cursor."""
+    next_url = None
+    if next_cursor is not None:
+        next_url = str(request.url.include_query_params(cursor=next_cursor))
+    return {"items": items, "next_cursor": next_cursor, "next": next_url}
+
+
+def episode_out(episode: BaseModel) -> dict[str, Any]:
+    """An episode's JSON with ``episode_id`` beside ``id``."""
+    data = episode.model_dump(mode="json")
+    data["episode_id"] = data["id"]
+    return data

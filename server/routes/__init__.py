@@ -1,0 +1,1 @@
+"""HTTP operations, one module per resource; importing them registers their routes."""
