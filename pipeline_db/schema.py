@@ -471,12 +471,24 @@ POSTGRES_FUNCTIONS = [
 ]
 
 _WEIGHTS = dict(zip(SEARCH_COLUMNS, "ABBCD", strict=True))
+#: PostgreSQL's text search configuration: english, with Snowball's original Porter
+#: stemmer, the one SQLite's FTS5 ``porter`` tokenizer uses, so the two backends
+#: reduce words alike ("news" -> "new", "honestly" -> "honestli").
+POSTGRES_SEARCH_CONFIG = "pipeline_db_search"
 POSTGRES_SEARCH = [
+    "CREATE TEXT SEARCH DICTIONARY pipeline_db_porter "
+    "(TEMPLATE = snowball, LANGUAGE = porter, StopWords = english)",
+    f"CREATE TEXT SEARCH CONFIGURATION {POSTGRES_SEARCH_CONFIG} (COPY = english)",
+    f"ALTER TEXT SEARCH CONFIGURATION {POSTGRES_SEARCH_CONFIG} ALTER MAPPING FOR "
+    "asciiword, asciihword, hword_asciipart, word, hword, hword_part WITH pipeline_db_porter",
+    # Punctuation becomes space before parsing, as FTS5's unicode61 tokenizer
+    # splits on it: "example.com", "3.5" and "covid-19" are several words on both.
     f"ALTER TABLE json_metadata_index ADD COLUMN {POSTGRES_SEARCH_COLUMN} tsvector "
     "GENERATED ALWAYS AS ("
     + " || ".join(
-        f"setweight(to_tsvector('english'::regconfig, coalesce({column}, "
-        f"{repr('[]') + '::jsonb' if column in ('guest_names', 'topics') else repr('')})), "
+        f"setweight(to_tsvector('{POSTGRES_SEARCH_CONFIG}'::regconfig, regexp_replace("
+        f"coalesce({column}{'::text' if column in ('guest_names', 'topics') else ''}, ''), "
+        "'[[:punct:]]+', ' ', 'g')), "
         f"'{weight}')"
         for column, weight in _WEIGHTS.items()
     )

@@ -140,8 +140,8 @@ def fulltext_postgresql(query: str, rank_query: str, show: str | None, limit: in
     """
     return text(
         "SELECT i.episode_id, i.title, i.show_name, ts_rank(i.search_vector, r) AS rank "
-        "FROM json_metadata_index AS i, websearch_to_tsquery('english', :query) AS q, "
-        "websearch_to_tsquery('english', :rank_query) AS r "
+        "FROM json_metadata_index AS i, websearch_to_tsquery('pipeline_db_search', :query) AS q, "
+        "websearch_to_tsquery('pipeline_db_search', :rank_query) AS r "
         "WHERE i.search_vector @@ q AND (CAST(:show AS text) IS NULL OR i.show_name = :show) "
         "ORDER BY rank DESC, i.episode_id LIMIT :limit"
     ).bindparams(

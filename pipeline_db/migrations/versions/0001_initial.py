@@ -44,3 +44,5 @@ def downgrade() -> None:
     schema.metadata.drop_all(bind, tables=[schema.metadata.tables[name] for name in TABLES])
     if bind.dialect.name == "postgresql":
         op.execute("DROP FUNCTION IF EXISTS pipeline_db_touch_updated_at()")
+        op.execute(f"DROP TEXT SEARCH CONFIGURATION IF EXISTS {schema.POSTGRES_SEARCH_CONFIG}")
+        op.execute("DROP TEXT SEARCH DICTIONARY IF EXISTS pipeline_db_porter")
