@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import text
+from sqlalchemy import inspect, text
 
 from pipeline_db import schema
 from pipeline_db.errors import SchemaOutOfDateError
@@ -29,6 +29,7 @@ SCRIPT_LOCATION = str(Path(__file__).parent)
 # An arbitrary, fixed key for pg_advisory_xact_lock while migrating.
 _MIGRATION_LOCK_KEY = 0x70_69_70_65_64_62  # "pipedb"
 _IGNORED_TABLES_PREFIX = schema.SQLITE_FTS_TABLE
+_VERSION_TABLE = "alembic_version"
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +95,15 @@ def _upgrade(connection: Connection, revision: str) -> None:
 
 
 def _current(connection: Connection) -> str | None:
-    return MigrationContext.configure(connection).get_current_revision()
+    # Read alembic_version directly: MigrationContext logs at INFO on every call,
+    # and /ready asks on every probe.
+    if not inspect(connection).has_table(_VERSION_TABLE):
+        return None
+    versions = connection.execute(text(f"SELECT version_num FROM {_VERSION_TABLE}")).scalars()
+    found = list(versions)
+    if len(found) > 1:  # branches: let Alembic say what it means
+        return MigrationContext.configure(connection).get_current_revision()
+    return found[0] if found else None
 
 
 async def upgrade(db: Database, revision: str = "head") -> SchemaStatus:
