@@ -215,3 +215,8 @@ def insert_new_or_nothing(dialect: str, values: dict[str, Any]) -> Insert:
         .on_conflict_do_nothing()
         .returning(*EPISODE_COLUMNS)
     )
+
+
+def by_source_paths(paths: list[str]) -> Select[Any]:
+    """Episodes whose source_path is exactly one of ``paths`` (the ``discover`` job's scan)."""
+    return select(*EPISODE_COLUMNS).where(episodes.c.source_path.in_(paths))
