@@ -254,6 +254,14 @@ class BackupLog:
             rows = (await conn.execute(q.backups(limit))).mappings().all()
         return [BackupRecord.model_validate(row) for row in rows]
 
+    async def delete(self, backup_ids: builtins.list[int]) -> int:
+        """Delete backup_log rows (not their files); returns how many."""
+
+        async def work(conn: AsyncConnection) -> int:
+            return int((await conn.execute(q.remove_backups(backup_ids))).rowcount)
+
+        return await self._db.transaction(work)
+
 
 def _not_found(job_id: str) -> NotFoundError:
     return NotFoundError(f"social job {job_id!r} does not exist", job_id=job_id)

@@ -17,7 +17,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import Route
 
-from pipeline_db import Database, DatabaseConfig, load_database_config
+from pipeline_db import Database, DatabaseConfig, backup, load_database_config
 from pipeline_db.config import (
     ServerConfig,
     WorkerConfig,
@@ -50,7 +50,7 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
-        async with Database(database_config) as db:
+        async with Database(database_config) as db, _serving(db):
             if server_config.auto_upgrade:
                 await upgrade(db)
             await require_current(db)
@@ -107,6 +107,13 @@ def _dispatch(methods: dict[str, api.Endpoint]) -> api.Endpoint:
         return await methods[request.method](request)
 
     return endpoint
+
+
+@contextlib.asynccontextmanager
+async def _serving(db: Database) -> AsyncIterator[None]:
+    # Restore refuses to overwrite a database while this is held (SQLite).
+    with backup.serving(db):
+        yield
 
 
 async def _publish_pool(db: Database) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Select, delete, desc, func, insert, select, update
+from sqlalchemy import Delete, Select, delete, desc, func, insert, select, update
 from sqlalchemy.sql.dml import ReturningDelete, ReturningInsert, ReturningUpdate
 
 from pipeline_db.schema import backup_log, social_jobs, utcnow
@@ -79,3 +79,8 @@ def backups(limit: int) -> Select[Any]:
         .order_by(desc(backup_log.c.created_at), desc(backup_log.c.id))
         .limit(limit)
     )
+
+
+def remove_backups(backup_ids: list[int]) -> Delete:
+    """Delete backup_log rows."""
+    return delete(backup_log).where(backup_log.c.id.in_(backup_ids))

@@ -1,0 +1,337 @@
+"""Backups and restore on both backends, with checksums and retention.
+
+* SQLite: the online backup API (``sqlite3.Connection.backup``) copies a
+  consistent snapshot while writers keep writing.
+* PostgreSQL: ``pg_dump --format=custom`` and ``pg_restore`` when they are on
+  the PATH; a missing tool is named, and a server newer than the tools is
+  refused before anything is written.
+
+Every backup is recorded in ``backup_log`` with its size and SHA-256, and a
+``<file>.sha256`` sidecar travels with it, so ``restore`` can verify the file
+first even when the database it came from is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import hashlib
+import os
+import re
+import shutil
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import text
+
+from pipeline_db.database import Database
+from pipeline_db.errors import (
+    ConfigurationError,
+    ConflictError,
+    DatabaseError,
+    InvalidInputError,
+)
+from pipeline_db.models import BackupRecord
+from pipeline_db.social import BackupLog
+
+CHUNK_BYTES = 1024 * 1024
+SIDECAR = ".sha256"
+KEEP_NEWEST = 7
+KEEP_DAYS = 14.0
+
+
+class BackupError(DatabaseError):
+    """A backup or restore could not be made."""
+
+
+@dataclass(frozen=True, slots=True)
+class Pruned:
+    """What retention removed."""
+
+    files: list[str]
+    rows: int
+
+
+async def backup(db: Database, *, to: Path | None = None) -> BackupRecord:
+    """Take a backup into ``to`` (default: the configuration's ``backup_dir``) and record it.
+
+    Raises:
+        BackupError: the tool is missing, too old for the server, or failed.
+    """
+    folder = Path(to or db.config.backup_dir)
+    await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    if db.dialect == "sqlite":
+        target = folder / f"pipeline-{stamp}.db"
+        await asyncio.to_thread(_sqlite_backup, _sqlite_path(db), target)
+    else:
+        target = folder / f"pipeline-{stamp}.dump"
+        await _pg_dump(db, target)
+    path, size, checksum = await asyncio.to_thread(_seal, target)
+    return await BackupLog(db).record(path, size=size, checksum=checksum)
+
+
+async def restore(db: Database, file: Path, *, force: bool = False) -> BackupRecord:
+    """Restore ``file`` over the database, after verifying its checksum.
+
+    Raises:
+        InvalidInputError: the file is missing or its checksum does not match.
+        ConflictError: the database is being served (other sessions), unless ``force``.
+        BackupError: the restore itself failed.
+    """
+    file = Path(file)
+    if not await asyncio.to_thread(file.is_file):
+        raise InvalidInputError(f"backup file {file} does not exist", field="file")
+    expected = await asyncio.to_thread(_recorded_checksum, file)
+    actual = await asyncio.to_thread(file_checksum, file)
+    if expected is None:
+        raise InvalidInputError(
+            f"{file} has no {SIDECAR} checksum beside it: refusing an unverifiable restore",
+            field="file",
+        )
+    if actual != expected:
+        raise InvalidInputError(
+            f"{file} is corrupt: its SHA-256 is {actual[:12]}..., recorded {expected[:12]}...",
+            field="file",
+        )
+    if not force:
+        others = await other_sessions(db)
+        if others:
+            raise ConflictError(
+                f"the database is in use by {others} other session(s): stop the servers "
+                "and runners first, or pass --force",
+                sessions=others,
+            )
+    if db.dialect == "sqlite":
+        path = _sqlite_path(db)
+        await db.dispose()
+        await asyncio.to_thread(_sqlite_backup, file, path)
+        await db.open()
+    else:
+        await _pg_restore(db, file)
+    return await _mark_restored(db, file, actual)
+
+
+async def prune(
+    db: Database, *, keep_newest: int = KEEP_NEWEST, keep_days: float = KEEP_DAYS
+) -> Pruned:
+    """Keep the newest ``keep_newest`` backups and all younger than ``keep_days``; delete the rest.
+
+    Files (and their checksum sidecars) and backup_log rows go together.
+    """
+    if keep_newest < 0 or keep_days < 0:
+        raise InvalidInputError("keep_newest and keep_days must be >= 0", field="retention")
+    records = await BackupLog(db).list(limit=1000)
+    cutoff = datetime.now(UTC) - timedelta(days=keep_days)
+    doomed = [r for i, r in enumerate(records) if i >= keep_newest and r.created_at < cutoff]
+    removed = await asyncio.to_thread(_delete_files, [r.backup_path for r in doomed])
+    rows = await BackupLog(db).delete([r.id for r in doomed]) if doomed else 0
+    return Pruned(files=removed, rows=rows)
+
+
+@contextlib.contextmanager
+def serving(db: Database) -> Iterator[None]:
+    """Held by every process serving a SQLite database, so restore can tell it is in use.
+
+    A shared ``flock`` on ``<database>.serving``; PostgreSQL needs none (its
+    sessions are visible in ``pg_stat_activity``).
+    """
+    if db.dialect != "sqlite":
+        yield
+        return
+    with open(f"{_sqlite_path(db)}.serving", "a+b") as handle:
+        fcntl.flock(handle, fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _sqlite_in_use(path: Path) -> bool:
+    marker = Path(f"{path}.serving")
+    if not marker.exists():
+        return False
+    with marker.open("a+b") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return False
+
+
+async def other_sessions(db: Database) -> int:
+    """Sessions using this database besides our own.
+
+    PostgreSQL: other client sessions in ``pg_stat_activity``. SQLite: 1 when
+    some process holds the :func:`serving` lock (a server), else 0.
+    """
+    if db.dialect != "postgresql":
+        return int(await asyncio.to_thread(_sqlite_in_use, _sqlite_path(db)))
+    async with db.connection() as conn:
+        count = await conn.execute(
+            text(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+                "AND backend_type = 'client backend'"
+            )
+        )
+        value = int(count.scalar_one())
+        await conn.rollback()
+    return value
+
+
+def _seal(target: Path) -> tuple[str, int, str]:
+    """Checksum a finished backup and write its sidecar; returns (path, size, checksum)."""
+    checksum = file_checksum(target)
+    Path(f"{target}{SIDECAR}").write_text(f"{checksum}  {target.name}\n", encoding="utf-8")
+    return str(target.resolve()), target.stat().st_size, checksum
+
+
+def _delete_files(paths: list[str]) -> list[str]:
+    removed = []
+    for name in paths:
+        for path in (Path(name), Path(f"{name}{SIDECAR}")):
+            if path.exists():
+                path.unlink()
+                removed.append(str(path))
+    return removed
+
+
+def file_checksum(path: Path) -> str:
+    """The SHA-256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _recorded_checksum(file: Path) -> str | None:
+    sidecar = Path(f"{file}{SIDECAR}")
+    if not sidecar.is_file():
+        return None
+    found = sidecar.read_text(encoding="utf-8").split()
+    return found[0] if found else None
+
+
+async def _mark_restored(db: Database, file: Path, checksum: str) -> BackupRecord:
+    # The restored database predates its own backup's log row: put it back.
+    log = BackupLog(db)
+    resolved = await asyncio.to_thread(file.resolve)
+    size = (await asyncio.to_thread(file.stat)).st_size
+    for record in await log.list(limit=1000):
+        if record.backup_path == str(resolved):
+            return await log.mark_restored(record.id)
+    record = await log.record(str(resolved), size=size, checksum=checksum)
+    return await log.mark_restored(record.id)
+
+
+def _sqlite_path(db: Database) -> Path:
+    database = db.config.sqlalchemy_url().database
+    if not database or database == ":memory:":
+        raise ConfigurationError("an in-memory SQLite database cannot be backed up")
+    return Path(database)
+
+
+def _sqlite_backup(source: Path, target: Path) -> None:
+    """Copy ``source`` into ``target`` with SQLite's online backup API."""
+    src = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
+    try:
+        dst = sqlite3.connect(target)
+        try:
+            src.backup(dst)
+        finally:
+            dst.close()
+    finally:
+        src.close()
+
+
+def _tool(name: str) -> str:
+    found = shutil.which(name)
+    if found is None:
+        raise ConfigurationError(
+            f"{name} is not on the PATH: install the PostgreSQL client tools "
+            f"(Debian: apt-get install postgresql-client) to back up PostgreSQL"
+        )
+    return found
+
+
+async def _pg_environment(db: Database) -> dict[str, str]:
+    url = db.config.sqlalchemy_url()
+    env = dict(os.environ)
+    env.update(
+        {
+            "PGHOST": url.host or "localhost",
+            "PGPORT": str(url.port or 5432),
+            "PGDATABASE": url.database or "",
+            "PGUSER": url.username or "",
+        }
+    )
+    if url.password:
+        env["PGPASSWORD"] = str(url.password)  # the environment, never the command line
+    return env
+
+
+async def _check_versions(db: Database, tool: str) -> None:
+    process = await asyncio.create_subprocess_exec(
+        tool, "--version", stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await process.communicate()
+    match = re.search(r"(\d+)(?:\.(\d+))?", out.decode())
+    tool_major = int(match.group(1)) if match else 0
+    async with db.connection() as conn:
+        server = int((await conn.execute(text("SHOW server_version_num"))).scalar_one())
+        await conn.rollback()
+    server_major = server // 10_000
+    if server_major > tool_major:
+        raise ConfigurationError(
+            f"the server is PostgreSQL {server_major} but {Path(tool).name} is {tool_major}: "
+            "install client tools of the server's version or newer"
+        )
+
+
+async def _run(args: list[str], env: dict[str, str]) -> None:
+    process = await asyncio.create_subprocess_exec(
+        *args, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    _, err = await process.communicate()
+    if process.returncode != 0:
+        message = err.decode(errors="replace").strip().splitlines()
+        raise BackupError(
+            f"{Path(args[0]).name} failed: {message[-1] if message else process.returncode}"
+        )
+
+
+async def _pg_dump(db: Database, target: Path) -> None:
+    tool = _tool("pg_dump")
+    await _check_versions(db, tool)
+    await _run(
+        [tool, "--format=custom", "--no-owner", f"--file={target}"], await _pg_environment(db)
+    )
+
+
+async def _pg_restore(db: Database, file: Path) -> None:
+    tool = _tool("pg_restore")
+    await _check_versions(db, tool)
+    env = await _pg_environment(db)
+    await db.dispose()  # our pool must not hold locks on what is dropped
+    try:
+        await _run(
+            [
+                tool,
+                "--clean",
+                "--if-exists",
+                "--no-owner",
+                "--single-transaction",
+                f"--dbname={env['PGDATABASE']}",
+                str(file),
+            ],
+            env,
+        )
+    finally:
+        await db.open()
