@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import text
 
@@ -37,6 +38,9 @@ from pipeline_db.errors import (
 )
 from pipeline_db.models import BackupRecord
 from pipeline_db.social import BackupLog
+
+if TYPE_CHECKING:
+    from pipeline_db.handlers import JobContext
 
 CHUNK_BYTES = 1024 * 1024
 SIDECAR = ".sha256"
@@ -335,3 +339,20 @@ async def _pg_restore(db: Database, file: Path) -> None:
         )
     finally:
         await db.open()
+
+
+async def backup_job(ctx: JobContext) -> dict[str, Any]:
+    """The ``backup`` job kind: take a backup, then apply the retention policy."""
+    db = ctx.db
+    await ctx.progress(percent=0, message="backing up")
+    record = await backup(db)
+    pruned = await prune(
+        db, keep_newest=db.config.backup_keep, keep_days=db.config.backup_keep_days
+    )
+    return {
+        "backup": record.backup_path,
+        "size": record.backup_size,
+        "checksum": record.checksum,
+        "pruned_files": len(pruned.files),
+        "pruned_rows": pruned.rows,
+    }

@@ -51,6 +51,7 @@ POLL_INTERVAL_S = 1.0
 LEASE_S = 30.0
 SHUTDOWN_GRACE_S = 30.0
 STABILITY_WINDOW_S = 10.0
+DISCOVER_INTERVAL_S = 60.0
 VIDEO_PATTERNS = ("*.mp4", "*.mov", "*.mkv", "*.m4v", "*.webm", "*.avi")
 
 MAX_BODY_BYTES = 1024 * 1024
@@ -128,6 +129,9 @@ class DatabaseConfig(_Model):
     backup_enabled: bool = False
     backup_interval_hours: float = Field(BACKUP_INTERVAL_HOURS, gt=0)
     backup_dir: Path = Path("backups")
+    #: Retention: keep the newest ``backup_keep`` and all younger than ``backup_keep_days``.
+    backup_keep: int = Field(7, ge=0)
+    backup_keep_days: float = Field(14.0, ge=0)
 
     retry: RetryPolicy = RetryPolicy()
 
@@ -173,6 +177,8 @@ class DiscoverConfig(_Model):
     include: list[str] = Field(default_factory=lambda: list(VIDEO_PATTERNS))
     exclude: list[str] = Field(default_factory=list)
     stability_window: float = Field(STABILITY_WINDOW_S, ge=0, description="seconds")
+    #: Seconds between scheduled scans of ``folders`` (0: only on request).
+    interval: float = Field(DISCOVER_INTERVAL_S, ge=0, description="seconds")
 
 
 class WorkerConfig(_Model):
