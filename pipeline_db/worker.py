@@ -1,4 +1,8 @@
-"""Assemble and run job runners: ``pipeline-db worker`` and ``serve --with-worker``."""
+"""Assemble and run job runners: ``pipeline-db worker`` and ``serve --with-worker``.
+
+A worker also runs a webhook :class:`~pipeline_db.webhooks.Deliverer` beside its
+runner, so finished jobs' webhooks go out without holding up the runner.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from pipeline_db.config import WorkerConfig
 from pipeline_db.database import Database
 from pipeline_db.handlers import Handlers
 from pipeline_db.runner import Runner, RunnerOptions
+from pipeline_db.webhooks import Deliverer
 
 logger = logging.getLogger("pipeline_db.worker")
 
@@ -46,6 +51,11 @@ def build_runner(
     return Runner(db, build_handlers(config), options)
 
 
+def build_deliverer(db: Database, config: WorkerConfig) -> Deliverer:
+    """A webhook :class:`Deliverer` signing with ``webhook_secret``, polling as the runner does."""
+    return Deliverer(db, secret=config.webhook_secret, poll_interval=config.poll_interval)
+
+
 async def run_worker(
     db: Database,
     config: WorkerConfig,
@@ -53,14 +63,18 @@ async def run_worker(
     concurrency: int | None = None,
     kinds: Sequence[str] | None = None,
 ) -> None:
-    """Run a runner until SIGTERM or SIGINT, then shut it down gracefully."""
+    """Run a runner and a webhook deliverer until SIGTERM or SIGINT, then stop both gracefully."""
     runner = build_runner(db, config, concurrency=concurrency, kinds=kinds)
+    deliverer = build_deliverer(db, config)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(signum, _stop, runner, signum)
     try:
-        await runner.run()
+        # The deliverer stops once the runner has drained (its last outcomes'
+        # webhooks stay in the outbox for the next start).
+        async with deliverer:
+            await runner.run()
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError):
