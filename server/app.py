@@ -56,18 +56,18 @@ def create_app(
             await require_current(db)
             metrics.attach(db)
             background = [asyncio.create_task(_publish_pool(db), name="pool-gauges")]
-            runner = None
+            worker = None
             if server_config.with_worker:
-                from pipeline_db.worker import build_runner
+                from pipeline_db.worker import Worker
 
-                runner = build_runner(db, worker_config)
-                background.append(asyncio.create_task(runner.run(), name="runner"))
+                worker = Worker(db, worker_config)
+                background.append(asyncio.create_task(worker.run(), name="worker"))
             logger.info("serving %s", database_config.describe())
             try:
                 yield {"services": Services.of(db, server_config)}
             finally:
-                if runner is not None:
-                    runner.stop()
+                if worker is not None:
+                    worker.stop()
                     await asyncio.gather(background[-1], return_exceptions=True)
                 for task in background:
                     task.cancel()
