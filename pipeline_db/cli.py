@@ -18,6 +18,7 @@ from pipeline_db.config import (
 from pipeline_db.database import Database
 from pipeline_db.errors import PipelineDBError
 from pipeline_db.migrations import status, upgrade
+from pipeline_db.transfer import command as migrate_command
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -41,6 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "--kind", action="append", dest="kinds", help="only this job kind (repeatable)"
     )
+
+    migrate_command.add_arguments(commands.add_parser("migrate", help=migrate_command.HELP))
 
     serve = commands.add_parser("serve", help="serve the HTTP API with uvicorn")
     serve.add_argument("--host", help="address to bind (default: server.host, 127.0.0.1)")
@@ -147,6 +150,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_db_command(args))
         if args.command == "worker":
             return asyncio.run(_worker(args))
+        if args.command == "migrate":
+            return asyncio.run(migrate_command.run(args))
         return _serve(args)
     except PipelineDBError as error:
         print(f"pipeline-db: {error.message}", file=sys.stderr)

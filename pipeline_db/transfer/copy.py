@@ -1,0 +1,365 @@
+"""The copy: every table in foreign-key order, streamed in batches, then verified.
+
+Per table, a reader streams rows in key order and converts them where they
+are read (the SQLite reader's thread), while the writer loads the previous
+batch: at most :data:`QUEUE_DEPTH` converted batches wait between them, so
+memory does not grow with the database. Each batch commits with the
+table's progress, so ``--resume`` continues after the last key that
+committed. A lost target connection (a restart) is retried from there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from pipeline_db.config import DatabaseConfig
+from pipeline_db.errors import TransientError
+from pipeline_db.transfer._zone import resolve_zone
+from pipeline_db.transfer.display import Display, display_for
+from pipeline_db.transfer.errors import MigrationError, TargetNotEmptyError, VerificationError
+from pipeline_db.transfer.layout import TablePlan
+from pipeline_db.transfer.options import MigrateOptions
+from pipeline_db.transfer.plan import MigrationPlan, discover
+from pipeline_db.transfer.policy import RowConverter
+from pipeline_db.transfer.progress import SETTINGS_ROW, TableProgress
+from pipeline_db.transfer.report import MigrationReport, TableReport, write_report
+from pipeline_db.transfer.source import BatchSizer, Source, open_source
+from pipeline_db.transfer.target import Batch, Target, TargetState, open_target
+from pipeline_db.transfer.verify import verify
+
+#: Converted batches waiting for the writer, at most.
+QUEUE_DEPTH = 2
+#: Attempts at a table when the target connection is lost, and the pause between them.
+RECONNECT_ATTEMPTS = 5
+RECONNECT_DELAY_S = 2.0
+
+
+async def plan(
+    source_config: DatabaseConfig, target_config: DatabaseConfig, options: MigrateOptions
+) -> MigrationPlan:
+    """The plan of a migration, changing nothing (``--dry-run``)."""
+    _check_pair(source_config, target_config)
+    zone = resolve_zone(options.source_timezone)
+    source = await open_source(source_config)
+    target = open_target(target_config)
+    try:
+        tables, notes, not_copied = await discover(source, options.on_error)
+        return MigrationPlan(
+            source=source.description,
+            flavour=source.info.flavour,
+            target=target.description,
+            target_state=await target.inspect(),
+            tables=tables,
+            notes=notes,
+            not_copied=not_copied,
+            zone=str(zone),
+            source_dialect=source.dialect,
+            target_dialect=target.dialect,
+        )
+    finally:
+        await source.close()
+        await target.close()
+
+
+async def migrate(
+    source_config: DatabaseConfig,
+    target_config: DatabaseConfig,
+    options: MigrateOptions | None = None,
+    *,
+    display: Display | None = None,
+) -> MigrationReport:
+    """Copy every table from source to target, verify, and report.
+
+    Args:
+        source_config: where to read (never written).
+        target_config: where to write; its schema is made by Alembic.
+        options: see :class:`MigrateOptions`.
+        display: progress output (default: bars on a terminal, log lines otherwise).
+
+    Returns:
+        The report (also written to ``options.report``).
+
+    Raises:
+        TargetNotEmptyError: the target holds data and neither resume nor replace was given.
+        RowRejectedError: a row cannot be copied and ``on_error`` is abort.
+        VerificationError: the target differs from the source (carries the report).
+        PipelineDBError: anything else, translated.
+    """
+    options = options or MigrateOptions()
+    _check_pair(source_config, target_config)
+    started = time.perf_counter()
+    zone = resolve_zone(options.source_timezone)
+    display = display or display_for()
+    source = await open_source(source_config)
+    target = open_target(target_config)
+    try:
+        plans, notes, not_copied = await discover(source, options.on_error)
+        _check_target(await target.inspect(), options, target)
+        await target.prepare()
+        if options.replace:
+            await target.empty()
+        settings = {
+            "source": source.description,
+            "on_error": options.on_error,
+            "source_timezone": str(zone),
+        }
+        states = await _start(target, settings, plans)
+        copier = _Copier(source, target, options, zone, display, settings)
+        for table in plans:
+            states[table.name] = await copier.table(table, states[table.name])
+        counters = {p.name: p.counter for p in plans if p.counter is not None}
+        await target.finish(plans, counters)
+        verify_started = time.perf_counter()
+        checks = await verify(
+            source,
+            target,
+            plans,
+            on_error=options.on_error,
+            zone=zone,
+            skipped=await target.skipped_keys(),
+            batch_size=options.batch_size,
+            display=display,
+        )
+        report = MigrationReport(
+            source=source.description,
+            flavour=source.info.flavour,
+            target=target.description,
+            tables=[_table_report(p, states[p.name]) for p in plans],
+            checks=checks,
+            notes=notes,
+            not_copied=not_copied,
+            verify_seconds=time.perf_counter() - verify_started,
+        )
+        report.report_file = options.report or _default_report_path()
+        report.seconds = time.perf_counter() - started
+        report.issues = await write_report(report.report_file, report, target.issues())
+        await target.complete()
+    finally:
+        display.close()
+        await source.close()
+        await target.close()
+    if not report.verified:
+        raise VerificationError(
+            "verification failed: " + "; ".join(c.describe() for c in report.checks if not c.ok),
+            report=report,
+        )
+    return report
+
+
+async def verify_only(
+    source_config: DatabaseConfig,
+    target_config: DatabaseConfig,
+    options: MigrateOptions | None = None,
+    *,
+    display: Display | None = None,
+) -> MigrationReport:
+    """Verify an existing pair (``--verify-only``), with the copy's ``on_error``.
+
+    Raises:
+        VerificationError: they differ (carries the report).
+    """
+    options = options or MigrateOptions()
+    started = time.perf_counter()
+    zone = resolve_zone(options.source_timezone)
+    display = display or display_for()
+    source = await open_source(source_config)
+    target = open_target(target_config)
+    try:
+        plans, notes, not_copied = await discover(source, "skip")
+        state = await target.inspect()
+        if not state.exists or state.revision is None:
+            raise MigrationError(f"{target.description} holds no pipeline-db schema to verify")
+        await target.reconnect()
+        checks = await verify(
+            source,
+            target,
+            plans,
+            on_error=options.on_error,
+            zone=zone,
+            skipped={},
+            batch_size=options.batch_size,
+            display=display,
+        )
+    finally:
+        display.close()
+        await source.close()
+        await target.close()
+    report = MigrationReport(
+        source=source.description,
+        flavour=source.info.flavour,
+        target=target.description,
+        tables=[TableReport(p.name, p.rows) for p in plans],
+        checks=checks,
+        notes=notes,
+        not_copied=not_copied,
+    )
+    report.seconds = report.verify_seconds = time.perf_counter() - started
+    if not report.verified:
+        raise VerificationError(
+            "verification failed: " + "; ".join(c.describe() for c in report.checks if not c.ok),
+            report=report,
+        )
+    return report
+
+
+class _Copier:
+    """Copies one table at a time, retrying from the committed progress on connection loss."""
+
+    def __init__(
+        self,
+        source: Source,
+        target: Target,
+        options: MigrateOptions,
+        zone: Any,
+        display: Display,
+        settings: dict[str, Any],
+    ) -> None:
+        self.source = source
+        self.target = target
+        self.options = options
+        self.zone = zone
+        self.display = display
+        self.settings = settings
+        self.skipped: dict[str, set[str]] = {}
+        self._last = time.perf_counter()
+
+    async def table(self, plan: TablePlan, state: TableProgress) -> TableProgress:
+        """Copy one table to the end, from where ``state`` says it stopped."""
+        self.skipped = await self.target.skipped_keys()
+        self.display.start(plan.name, plan.rows, state.copied + state.skipped)
+        for attempt in range(1, RECONNECT_ATTEMPTS + 1):
+            try:
+                state = await self._copy(plan, state)
+                break
+            except TransientError as error:
+                if attempt == RECONNECT_ATTEMPTS:
+                    raise
+                self.display.log(
+                    f"{plan.name}: {error.message}; reconnecting to the target "
+                    f"(attempt {attempt + 1} of {RECONNECT_ATTEMPTS})"
+                )
+                await asyncio.sleep(RECONNECT_DELAY_S * attempt)
+                await self.target.reconnect()
+                states = await _start(self.target, self.settings, [plan])
+                state = states[plan.name]
+                self.skipped = await self.target.skipped_keys()
+        self.display.finish(plan.name)
+        return state
+
+    async def _copy(self, plan: TablePlan, state: TableProgress) -> TableProgress:
+        if state.done:
+            return state
+        self._last = time.perf_counter()
+        converter = RowConverter(
+            plan,
+            source=self.source.dialect,
+            target=self.target.dialect,
+            on_error=self.options.on_error,
+            zone=self.zone,
+            flagged=True,
+            duplicates=await self.source.duplicates(plan),
+            skipped=self.skipped,
+        )
+        if state.last_key is None and state.copied == state.skipped == 0:
+            nulls = await self.source.null_keys(plan)
+            if nulls:
+                state = await self._write(plan, converter.null_keys(nulls), state)
+        queue: asyncio.Queue[Batch | None] = asyncio.Queue(QUEUE_DEPTH)
+        after = state.last_key
+        sizer = BatchSizer(self.options.batch_size)
+
+        async def read() -> None:
+            async for batch in self.source.scan(plan, converter, after=after, sizer=sizer):
+                await queue.put(batch)
+            await queue.put(None)
+
+        async def write() -> None:
+            nonlocal state
+            while (batch := await queue.get()) is not None:
+                state = await self._write(plan, batch, state)
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(read())
+                group.create_task(write())
+        except BaseExceptionGroup as group:
+            raise group.exceptions[0] from None
+        state = state.advanced(
+            last_key=None, copied=0, skipped=0, repaired=0, seconds=0.0, conversions={}, done=True
+        )
+        await self.target.save(state)
+        return state
+
+    async def _write(self, plan: TablePlan, batch: Batch, state: TableProgress) -> TableProgress:
+        batch.seconds = time.perf_counter() - self._last
+        new = await self.target.write(plan, batch, state, self.options.on_error)
+        self._last = time.perf_counter()
+        for issue in batch.issues:
+            if issue.action == "skipped" and issue.key is not None:
+                self.skipped.setdefault(plan.name, set()).add(issue.key)
+        self.display.advance(plan.name, batch.read)
+        return new
+
+
+async def _start(
+    target: Target, settings: dict[str, Any], plans: list[TablePlan]
+) -> dict[str, TableProgress]:
+    found, rows = await target.start(settings)
+    if found is not None and found != settings:
+        differing = ", ".join(
+            f"{k} {found.get(k)!r} (now {v!r})" for k, v in settings.items() if found.get(k) != v
+        )
+        raise MigrationError(
+            f"the interrupted migration into this target ran with {differing}: resume it "
+            "with the same options, or start over with --replace"
+        )
+    kinds = {p.name: p.key_kind for p in plans}
+    states = {p.name: TableProgress(p.name) for p in plans}
+    for row in rows:
+        if row[0] != SETTINGS_ROW and row[0] in kinds:
+            states[row[0]] = TableProgress.from_row(row, kinds[row[0]])
+    return states
+
+
+def _check_pair(source: DatabaseConfig, target: DatabaseConfig) -> None:
+    if source.describe() == target.describe():
+        raise MigrationError(
+            f"the source and the target are the same database ({source.describe()})"
+        )
+
+
+def _check_target(state: TargetState, options: MigrateOptions, target: Target) -> None:
+    if options.replace:
+        return
+    if state.in_progress and not options.resume:
+        raise TargetNotEmptyError(
+            f"{target.description} holds an interrupted migration: rerun with --resume "
+            "to finish it, or --replace to start over"
+        )
+    if state.filled and not state.in_progress:
+        raise TargetNotEmptyError(
+            f"{target.description} is not empty (rows in {', '.join(state.filled)}): "
+            "--replace deletes them first"
+            + ("; --resume only continues an interrupted migration" if options.resume else "")
+        )
+
+
+def _table_report(plan: TablePlan, state: TableProgress) -> TableReport:
+    return TableReport(
+        name=plan.name,
+        source_rows=plan.rows,
+        copied=state.copied,
+        skipped=state.skipped,
+        repaired=state.repaired,
+        seconds=state.seconds,
+        conversions=state.conversions,
+        defaulted=plan.defaulted,
+    )
+
+
+def _default_report_path() -> Path:
+    return Path(f"pipeline-db-migrate-{datetime.now():%Y%m%d-%H%M%S}.json")

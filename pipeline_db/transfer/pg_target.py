@@ -1,0 +1,259 @@
+"""Writing into PostgreSQL: the schema by Alembic, rows by COPY on a raw asyncpg connection.
+
+COPY (``copy_records_to_table``, binary format) is PostgreSQL's fastest way
+in. Every constraint, index and trigger Alembic made stays in place during the
+load: the copier checks orphans itself, so the foreign keys only confirm it,
+and the schema at the end is Alembic's with nothing to restore. A session
+advisory lock keeps a second migration out of the same target.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any, TypeVar
+
+import asyncpg
+
+from pipeline_db import schema
+from pipeline_db.config import DatabaseConfig
+from pipeline_db.database import Database
+from pipeline_db.migrations import upgrade
+from pipeline_db.transfer import _sql
+from pipeline_db.transfer.convert import Dialect
+from pipeline_db.transfer.errors import MigrationError
+from pipeline_db.transfer.layout import TablePlan
+from pipeline_db.transfer.pg_source import connect
+from pipeline_db.transfer.progress import Issue, TableProgress, read_settings, settings_row
+from pipeline_db.transfer.source import BatchSizer, Transform, driver_error
+from pipeline_db.transfer.target import (
+    Batch,
+    OnError,
+    TargetState,
+    after_rejections,
+    constraint_column,
+    rejected,
+)
+
+T = TypeVar("T")
+# pg_try_advisory_lock key held while a migration writes ("pdbmig").
+_LOCK_KEY = 0x70_64_62_6D_69_67
+# What a refused row raises: the server's data and constraint errors, and the
+# client's encoding errors (an integer out of range, a lone surrogate).
+_REFUSALS = (
+    asyncpg.DataError,
+    asyncpg.IntegrityConstraintViolationError,
+    ValueError,
+    OverflowError,
+    TypeError,
+)
+
+
+class PostgreSQLTarget:
+    """A PostgreSQL database written with COPY."""
+
+    dialect: Dialect = "postgresql"
+
+    def __init__(self, config: DatabaseConfig) -> None:
+        self.config = config
+        self.description = config.describe()
+        self._conn: asyncpg.Connection | None = None
+
+    async def inspect(self) -> TargetState:
+        """What the database holds (it must exist: pipeline-db does not create databases)."""
+        try:
+            conn = await asyncpg.connect(
+                self.config.sqlalchemy_url()
+                .set(drivername="postgresql")
+                .render_as_string(hide_password=False),
+                timeout=self.config.connection_timeout,
+            )
+        except asyncpg.InvalidCatalogNameError:
+            return TargetState(exists=False)
+        except (asyncpg.PostgresError, OSError, TimeoutError) as error:
+            raise driver_error(error, self.config) from None
+        try:
+            return await self._look(conn)
+        except (asyncpg.PostgresError, OSError) as error:
+            raise driver_error(error, self.config) from error
+        finally:
+            await conn.close()
+
+    async def _look(self, conn: asyncpg.Connection) -> TargetState:
+        names = {
+            r[0]
+            for r in await conn.fetch(
+                "SELECT table_name::text FROM information_schema.tables "
+                "WHERE table_schema = current_schema()"
+            )
+        }
+        revision = None
+        if "alembic_version" in names:
+            revision = await conn.fetchval("SELECT version_num FROM alembic_version")
+        filled = []
+        for name in schema.metadata.tables:
+            if name in names and await conn.fetchval(_sql.any_row(name, "postgresql").sql):
+                filled.append(name)
+        return TargetState(True, revision, tuple(filled), _sql.progress.name in names)
+
+    async def prepare(self) -> None:
+        """Create or upgrade the schema with Alembic, then connect and take the lock."""
+        async with Database(self.config) as db:
+            await upgrade(db)
+        await self.reconnect()
+
+    async def reconnect(self) -> None:
+        """A fresh copying connection, holding the migration lock."""
+        if self._conn is not None:
+            self._conn.terminate()
+        self._conn = await connect(self.config)
+        if not await self._run(self._db.fetchval, "SELECT pg_try_advisory_lock($1)", _LOCK_KEY):
+            raise MigrationError(f"another migration is writing into {self.description}")
+
+    async def empty(self) -> None:
+        """TRUNCATE the schema's tables (identities restart) and drop any progress."""
+        names = [t.name for t in schema.metadata.sorted_tables]
+        listed = ", ".join(f'"{name}"' for name in names)
+        await self._run(self._db.execute, f"TRUNCATE TABLE {listed} RESTART IDENTITY CASCADE")
+        for statement in _sql.drop_progress("postgresql"):
+            await self._run(self._db.execute, statement.sql)
+
+    async def start(self, settings: dict[str, Any]) -> tuple[dict[str, Any] | None, list[Any]]:
+        """Create the progress tables; return what an earlier run left there."""
+        for statement in _sql.create_progress("postgresql"):
+            await self._run(self._db.execute, statement.sql)
+        rows = [
+            tuple(r) for r in await self._run(self._db.fetch, _sql.read_progress(self.dialect).sql)
+        ]
+        found = read_settings(rows)
+        if found is None:
+            statement = _sql.save_progress(self.dialect)
+            await self._run(
+                self._db.execute, statement.sql, *statement.args(settings_row(settings))
+            )
+        return found, rows
+
+    async def skipped_keys(self) -> dict[str, set[str]]:
+        """Keys of the rows left out so far, by table."""
+        statement = _sql.read_issues(self.dialect, skipped_only=True)
+        found: dict[str, set[str]] = {}
+        for name, key in await self._run(self._db.fetch, statement.sql, *statement.args()):
+            found.setdefault(name, set()).add(key)
+        return found
+
+    async def write(
+        self, plan: TablePlan, batch: Batch, state: TableProgress, on_error: OnError
+    ) -> TableProgress:
+        """COPY a batch, bisecting it to the refused rows if the server refuses it."""
+        started = time.perf_counter()
+        db = self._db
+        try:
+            async with db.transaction():
+                refused = await self._copy(plan, batch.rows, on_error)
+                batch.issues.extend(refused)
+                issues = batch.issues
+                new = after_rejections(state, plan, batch, refused, time.perf_counter() - started)
+                await self._save(new)
+                if issues:
+                    statement = _sql.add_issue(self.dialect)
+                    await db.executemany(
+                        statement.sql, [statement.args(issue.row()) for issue in issues]
+                    )
+        except (asyncpg.PostgresError, OSError) as error:
+            raise driver_error(error, self.config) from error
+        return new
+
+    async def save(self, state: TableProgress) -> None:
+        """Save a table's progress."""
+        await self._run(self._save, state)
+
+    async def finish(self, plans: list[TablePlan], counters: dict[str, int]) -> None:
+        """Move each identity past the source's counter and largest key; ANALYZE."""
+        for plan in plans:
+            if plan.identity:
+                statement = _sql.set_identity(plan)
+                args = statement.args({"floor": counters.get(plan.name, 0)})
+                await self._run(self._db.execute, statement.sql, *args)
+            await self._run(self._db.execute, _sql.analyze(plan.name).sql)
+
+    async def issues(self) -> AsyncIterator[Issue]:
+        """Every recorded issue, in the order found."""
+        statement = _sql.read_issues(self.dialect, skipped_only=False)
+        async with self._db.transaction(readonly=True):
+            async for row in self._db.cursor(statement.sql, *statement.args()):
+                yield Issue(*row)
+
+    async def complete(self) -> None:
+        """Drop the progress tables."""
+        for statement in _sql.drop_progress(self.dialect):
+            await self._run(self._db.execute, statement.sql)
+
+    async def scan(
+        self, plan: TablePlan, transform: Transform[T], sizer: BatchSizer
+    ) -> AsyncIterator[T]:
+        """The table's copied columns in no order (verification), in one snapshot."""
+        statement = _sql.select_unordered(plan, self.dialect)
+        try:
+            async with self._db.transaction(readonly=True):
+                cursor = await self._db.cursor(statement.sql)
+                while batch := await cursor.fetch(sizer.next):
+                    rows = [tuple(record) for record in batch]
+                    sizer.observe(rows)
+                    yield transform(rows)
+        except (asyncpg.PostgresError, OSError) as error:
+            raise driver_error(error, self.config) from error
+
+    async def close(self) -> None:
+        """Close the copying connection (the lock goes with it)."""
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            try:
+                await conn.close(timeout=5)
+            except Exception:
+                conn.terminate()
+
+    # -- helpers ------------------------------------------------------------------
+
+    @property
+    def _db(self) -> asyncpg.Connection:
+        if self._conn is None:
+            raise MigrationError("the target is not open")
+        return self._conn
+
+    async def _run(self, call: Any, *args: Any) -> Any:
+        try:
+            return await call(*args)
+        except (asyncpg.PostgresError, OSError) as error:
+            raise driver_error(error, self.config) from error
+
+    async def _save(self, state: TableProgress) -> None:
+        statement = _sql.save_progress(self.dialect)
+        await self._db.execute(statement.sql, *statement.args(state.row()))
+
+    async def _copy(
+        self, plan: TablePlan, rows: list[tuple[Any, ...]], on_error: OnError
+    ) -> list[Issue]:
+        """COPY rows in a savepoint; on refusal, halve until the refused rows are found."""
+        if not rows:
+            return []
+        try:
+            async with self._db.transaction():
+                await self._db.copy_records_to_table(plan.name, records=rows, columns=plan.names)
+            return []
+        except _REFUSALS as error:
+            if len(rows) == 1:
+                column = getattr(error, "column_name", None) or constraint_column(
+                    plan, getattr(error, "constraint_name", None)
+                )
+                return [rejected(plan, rows[0], column, _reason(error), on_error)]
+        middle = len(rows) // 2
+        return [
+            *await self._copy(plan, rows[:middle], on_error),
+            *await self._copy(plan, rows[middle:], on_error),
+        ]
+
+
+def _reason(error: BaseException) -> str:
+    message = str(error).splitlines()[0] if str(error) else type(error).__name__
+    constraint = getattr(error, "constraint_name", None)
+    return f"{message} ({constraint})" if constraint and constraint not in message else message

@@ -1,0 +1,276 @@
+"""``--on-error``: what happens to a row with a value the target cannot take.
+
+A :class:`RowConverter` decodes each source row column by column
+(:mod:`pipeline_db.transfer.convert`) and looks at what the source query
+flagged (a missing parent row, a failing CHECK) and at rows that repeat a
+unique value. A row with problems is then, by policy:
+
+* ``abort`` (the default): the migration stops, naming table, key, column, reason;
+* ``skip``: left out;
+* ``repair``: written with its safe fixes (NUL characters stripped, NaN and
+  Infinity to null) when every problem has one; otherwise, and for orphans
+  (which "repair" leaves out), left out.
+
+Every row left out or repaired becomes an :class:`~pipeline_db.transfer.progress.Issue`.
+The same converter, in digest mode, computes the source side of the
+verification, so both agree on which rows should have arrived and how.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from collections.abc import Callable
+from datetime import tzinfo
+from typing import Any
+
+from pipeline_db.transfer.convert import (
+    Dialect,
+    Problem,
+    canonical,
+    decoder,
+    encoder,
+)
+from pipeline_db.transfer.errors import RowRejectedError
+from pipeline_db.transfer.layout import TablePlan
+from pipeline_db.transfer.progress import Issue
+from pipeline_db.transfer.target import Batch, OnError
+
+_MASK = (1 << 64) - 1
+Row = tuple[Any, ...]
+
+
+def row_hash(values: tuple[Any, ...]) -> int:
+    """A 64-bit hash of a row's canonical values (blake2b, stable across processes)."""
+    digest = hashlib.blake2b(repr(values).encode("utf-8", "surrogatepass"), digest_size=8)
+    return int.from_bytes(digest.digest(), "little")
+
+
+class RowConverter:
+    """Converts a table's source rows for the target, applying the error policy."""
+
+    def __init__(
+        self,
+        plan: TablePlan,
+        *,
+        source: Dialect,
+        target: Dialect,
+        on_error: OnError,
+        zone: tzinfo,
+        flagged: bool,
+        duplicates: dict[Any, str] | None = None,
+        skipped: dict[str, set[str]] | None = None,
+    ) -> None:
+        """Prepare the table's decoders.
+
+        Args:
+            plan: the table.
+            source: the dialect rows come from.
+            target: the dialect they go to.
+            on_error: abort, skip or repair.
+            zone: the time zone of naive local timestamps.
+            flagged: whether rows carry orphan and CHECK flags after their columns.
+            duplicates: keys of rows repeating a unique value, with why.
+            skipped: keys of rows left out so far, by table (their children are orphans;
+                rows of this table among them are left out again).
+        """
+        self.plan = plan
+        self.on_error = on_error
+        self.counts: dict[str, Counter[str]] = {c.name: Counter() for c in plan.columns}
+        self._decoders = [
+            decoder(
+                c.kind,
+                source=source,
+                target=target,
+                nullable=c.nullable,
+                zone=zone,
+                counts=self.counts[c.name],
+            )
+            for c in plan.columns
+        ]
+        encoders = [encoder(c.kind, target) for c in plan.columns]
+        self._encoders = encoders if any(encoders) else None
+        self._kinds = [c.kind for c in plan.columns]
+        self._width = len(plan.columns)
+        self._key = plan.key_index
+        self._flagged = flagged and bool(plan.parents or plan.checks)
+        self._duplicates = duplicates or {}
+        self._skipped = skipped if skipped is not None else {}
+        names = plan.names
+        self._links = [(names.index(link.column), link) for link in plan.parents]
+
+    def __call__(self, rows: list[Row]) -> Batch:
+        """Convert a batch of source rows into a :class:`Batch` for the target."""
+        batch = Batch(rows=[], last_key=rows[-1][self._key] if rows else None, read=len(rows))
+        for values in self._typed(rows, batch):
+            batch.rows.append(self._encode(values))
+        batch.conversions = self._take_counts()
+        return batch
+
+    def digest(self, rows: list[Row]) -> tuple[int, int]:
+        """The count and hash sum of the rows that should be in the target (verification)."""
+        batch = Batch(rows=[], last_key=None)
+        kinds = self._kinds
+        total = 0
+        count = 0
+        for values in self._typed(rows, batch):
+            total += row_hash(tuple(canonical(k, v) for k, v in zip(kinds, values, strict=True)))
+            count += 1
+        self._take_counts()
+        return count, total & _MASK
+
+    def null_keys(self, rowids: list[int]) -> Batch:
+        """The batch of issues for rows whose key is NULL (never copied)."""
+        batch = Batch(rows=[], last_key=None)
+        for rowid in rowids:
+            self._reject(f"rowid {rowid}", [(self.plan.key, Problem("NULL primary key"))], batch)
+        return batch
+
+    # -- rows -----------------------------------------------------------------------
+
+    def _typed(self, rows: list[Row], batch: Batch) -> list[list[Any]]:
+        decoders = self._decoders
+        width = self._width
+        suspect = self._suspect
+        typed: list[list[Any]] = []
+        for row in rows:
+            values: list[Any] = []
+            append = values.append
+            try:
+                for decode, value in zip(decoders, row, strict=False):  # flags follow
+                    append(decode(value))
+            except Problem:
+                pass
+            if len(values) == width and not suspect(row):
+                typed.append(values)
+                continue
+            checked = self._examine(row, values, batch)
+            if checked is not None:
+                typed.append(checked)
+        return typed
+
+    def _suspect(self, row: Row) -> bool:
+        if self._flagged and any(row[self._width :]):
+            return True
+        if self._duplicates and row[self._key] in self._duplicates:
+            return True
+        if self._skipped:
+            if str(row[self._key]) in self._skipped.get(self.plan.name, ()):
+                return True
+            for index, link in self._links:
+                parents = self._skipped.get(link.parent)
+                if parents and row[index] is not None and str(row[index]) in parents:
+                    return True
+        return False
+
+    def _examine(self, row: Row, decoded: list[Any], batch: Batch) -> list[Any] | None:
+        """Find every problem of a row, then apply the policy; None: the row is left out."""
+        key = row[self._key]
+        problems: list[tuple[str, Problem]] = []
+        values = list(decoded)
+        for column, decode, value in zip(
+            self.plan.columns[len(decoded) :],
+            self._decoders[len(decoded) :],
+            row[len(decoded) : self._width],
+            strict=True,
+        ):
+            try:
+                values.append(decode(value))
+            except Problem as problem:
+                problems.append((column.name, problem))
+                values.append(problem.fix if problem.fixable else None)
+        if str(key) in self._skipped.get(self.plan.name, ()):
+            return None  # left out by an earlier run (the target refused it)
+        leave_out = self._orphans_and_rules(row, problems)
+        if not problems:
+            return values
+        if self.on_error == "repair" and not leave_out and all(p.fixable for _, p in problems):
+            batch.repaired.add(key)
+            batch.issues.extend(
+                Issue(self.plan.name, str(key), column, problem.reason, "repaired")
+                for column, problem in problems
+            )
+            return values
+        self._reject(key, problems, batch)
+        return None
+
+    def _orphans_and_rules(self, row: Row, problems: list[tuple[str, Problem]]) -> bool:
+        """Add orphan, CHECK and duplicate problems; True if the row must be left out."""
+        leave_out = False
+        flags = row[self._width :] if self._flagged else ()
+        for position, (index, link) in enumerate(self._links):
+            value = row[index]
+            missing = bool(flags[position]) if flags else False
+            refused = (
+                str(value) in self._skipped.get(link.parent, ()) if value is not None else False
+            )
+            if missing or refused:
+                why = "does not exist" if missing else "was left out"
+                problems.append(
+                    (link.column, Problem(f"orphan: its {link.parent} row {value} {why}"))
+                )
+                leave_out = True
+        for position, check in enumerate(self.plan.checks, start=len(self._links)):
+            if flags and flags[position]:
+                column = check.columns[0] if check.columns else None
+                problems.append((column or "", Problem(f"fails {check.name}: {check.sql}")))
+        reason = self._duplicates.get(row[self._key])
+        if reason is not None:
+            problems.append((self._unique_column(reason), Problem(reason)))
+        return leave_out
+
+    def _unique_column(self, reason: str) -> str:
+        for columns in self.plan.uniques:
+            if f"({', '.join(columns)})" in reason:
+                return columns[0]
+        return self.plan.key
+
+    def _reject(self, key: Any, problems: list[tuple[str, Problem]], batch: Batch) -> None:
+        if self.on_error == "abort":
+            column, problem = problems[0]
+            raise RowRejectedError(self.plan.name, key, column or None, problem.reason)
+        batch.skipped += 1
+        for column, problem in problems:
+            reason = problem.reason
+            if self.on_error == "repair" and not reason.startswith("orphan"):
+                reason += "" if problem.fixable else " (no safe repair)"
+            elif self.on_error == "repair" and not reason.endswith("left out"):
+                reason += " (left out)"
+            batch.issues.append(Issue(self.plan.name, str(key), column or None, reason, "skipped"))
+
+    def _encode(self, values: list[Any]) -> Row:
+        if self._encoders is None:
+            return tuple(values)
+        return tuple(
+            e(v) if e is not None else v for e, v in zip(self._encoders, values, strict=True)
+        )
+
+    def _take_counts(self) -> dict[str, Counter[str]]:
+        taken = {name: Counter(c) for name, c in self.counts.items() if c}
+        for counts in self.counts.values():
+            counts.clear()
+        return taken
+
+
+Digester = Callable[[list[Row]], tuple[int, int]]
+
+
+def target_digester(plan: TablePlan, dialect: Dialect) -> Digester:
+    """The digest of rows as the target stores them (the other side of the verification)."""
+    kinds = [c.kind for c in plan.columns]
+    decoders = [
+        decoder(k, source=dialect, target=dialect, nullable=True) if k != "json" else None
+        for k in kinds
+    ]
+
+    def digest(rows: list[Row]) -> tuple[int, int]:
+        total = 0
+        for row in rows:
+            values = tuple(
+                canonical(k, d(v) if d is not None else v)
+                for k, d, v in zip(kinds, decoders, row, strict=True)
+            )
+            total += row_hash(values)
+        return len(rows), total & _MASK
+
+    return digest
