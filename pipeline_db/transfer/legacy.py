@@ -98,21 +98,40 @@ class SQLiteSource:
         statement = _sql.select_rows(
             plan, "sqlite", after=after is not None, present=set(self.info.tables), flags=checked
         )
+        resume_at = _sql.select_rows(
+            plan, "sqlite", after=True, present=set(self.info.tables), flags=checked
+        )
         args = statement.args({"after": after})
-        cursor = await self._call(lambda: self._db.execute(statement.sql, args))
+        cursors = [await self._call(lambda: self._db.execute(statement.sql, args))]
+        last = [after]
 
         def fetch() -> tuple[T, int] | None:
-            batch = cursor.fetchmany(sizer.next)
+            try:
+                batch = cursors[-1].fetchmany(sizer.next)
+            except sqlite3.OperationalError:
+                if self._db.text_factory is _lenient_text:
+                    raise
+                # Text that is not UTF-8 (sqlite3 cannot decode it): read on from the
+                # last key with its bytes kept as lone surrogates; the target refuses
+                # such a value, and the row is reported like any other bad row.
+                self._db.text_factory = _lenient_text
+                cursors[-1].close()
+                if last[0] is None:
+                    cursors.append(self._db.execute(statement.sql, args))
+                else:
+                    cursors.append(self._db.execute(resume_at.sql, [last[0]]))
+                batch = cursors[-1].fetchmany(sizer.next)
             if not batch:
                 return None
             sizer.observe(batch)
+            last[0] = batch[-1][plan.key_index]
             return transform(batch), len(batch)
 
         try:
             while (result := await self._call(fetch)) is not None:
                 yield result[0]
         finally:
-            await self._call(cursor.close)
+            await self._call(cursors[-1].close)
 
     async def null_keys(self, plan: TablePlan) -> list[int]:
         """Rowids of rows whose key is NULL."""
@@ -229,6 +248,10 @@ class SQLiteSource:
                         f"exist; pipeline-db's {name} references {parent} by its key"
                     )
         return notes
+
+
+def _lenient_text(value: bytes) -> str:
+    return value.decode("utf-8", "surrogateescape")
 
 
 def _ident(name: str) -> str:

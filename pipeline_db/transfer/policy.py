@@ -117,6 +117,10 @@ class RowConverter:
             total += row_hash(tuple(canonical(k, v) for k, v in zip(kinds, values, strict=True)))
             count += 1
         self._take_counts()
+        # Rows left out leave their children out too (verified in foreign-key order).
+        left_out = {i.key for i in batch.issues if i.action == "skipped" and i.key is not None}
+        if left_out:
+            self._skipped.setdefault(self.plan.name, set()).update(left_out)
         return count, total & _MASK
 
     def null_keys(self, rowids: list[int]) -> Batch:
