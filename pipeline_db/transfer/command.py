@@ -50,6 +50,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--report", type=Path, metavar="FILE", help="report file (JSON)")
     parser.add_argument(
+        "--pgbouncer",
+        action="store_true",
+        help="PostgreSQL URLs lead to PgBouncer in transaction pooling mode",
+    )
+    parser.add_argument(
         "--batch-size",
         type=int,
         default=BATCH_ROWS,
@@ -60,8 +65,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 async def run(args: argparse.Namespace) -> int:
     """Run the command; returns the exit status (1: verification failed)."""
-    source = endpoint_config(args.source)
-    target = endpoint_config(args.target)
+    source = endpoint_config(args.source, pgbouncer=args.pgbouncer)
+    target = endpoint_config(args.target, pgbouncer=args.pgbouncer)
     options = MigrateOptions(
         on_error=args.on_error,
         resume=args.resume,

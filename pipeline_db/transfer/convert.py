@@ -10,8 +10,8 @@ null). An *encoder* turns the typed value into what the target stores.
 
 Typed values: ``str``, ``int``, ``float``, ``bool``, an aware UTC ``datetime``,
 a ``date``, and JSON as compact JSON text (so JSON ``null`` stays distinct
-from SQL NULL). :func:`canonical` turns a typed value into the form both sides
-of a verification hash.
+from SQL NULL). :func:`canonical_json` reduces JSON to the form both sides of a
+verification hash; :mod:`.columns` holds the column-wise fast paths.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import math
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, date, datetime, tzinfo
-from decimal import Decimal
 from typing import Any, Literal
 
 from sqlalchemy import JSON, BigInteger, Boolean, Column, Date, Float, Integer, String
@@ -33,7 +32,6 @@ from pipeline_db.schema import UTCDateTime
 Kind = Literal["text", "int", "bigint", "float", "bool", "timestamp", "date", "json"]
 Dialect = Literal["sqlite", "postgresql"]
 Decoder = Callable[[Any], Any]
-Encoder = Callable[[Any], Any]
 
 #: Spellings of a timestamp found in a source, as counted in the report.
 UTC_SPELLING = "UTC 'YYYY-MM-DD HH:MM:SS'"
@@ -41,7 +39,7 @@ LOCAL_SPELLING = "local 'YYYY-MM-DDTHH:MM:SS'"
 AMBIGUOUS_SPELLING = "local, in a repeated DST hour (first one taken)"
 OFFSET_SPELLING = "with a UTC offset"
 
-_INT_RANGES = {"int": (-(2**31), 2**31 - 1), "bigint": (-(2**63), 2**63 - 1)}
+INT_RANGES = {"int": (-(2**31), 2**31 - 1), "bigint": (-(2**63), 2**63 - 1)}
 _PG = postgresql.dialect()  # type: ignore[no-untyped-call]
 
 
@@ -134,42 +132,11 @@ def decoder(
     return decode
 
 
-def encoder(kind: Kind, target: Dialect) -> Encoder | None:
-    """A function from the typed value to what ``target`` stores; None when it is the value."""
-    if target == "postgresql":
-        return None  # asyncpg's COPY codecs take the typed values as they are
-    if kind == "bool":
-        return _sqlite_bool
-    if kind == "timestamp":
-        return _sqlite_timestamp
-    if kind == "date":
-        return _iso
-    return None
-
-
-def canonical(kind: Kind, value: Any) -> Any:
-    """The form of a typed value that a verification checksum hashes (same on both sides)."""
-    if value is None:
-        return None
-    if kind == "float":
-        return float(value).hex()  # bit for bit: -0.0, inf and every last digit count
-    if kind == "timestamp":
-        moment: datetime = value
-        return moment.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
-    if kind == "date":
-        return value.isoformat()
-    if kind == "json":
-        return _canonical_json(value)
-    return value
-
-
 # -- sources ---------------------------------------------------------------------
 
 
 def _postgres_decoder(kind: Kind, target: Dialect) -> Decoder:
     """asyncpg hands typed values; only JSON (text) and SQLite's limits need work."""
-    if kind == "json":
-        return lambda value: dumps(json.loads(value))
     if kind == "float" and target == "sqlite":
         return _float_for_sqlite
     return _same
@@ -180,7 +147,7 @@ def _sqlite_decoder(kind: Kind, target: Dialect, zone: tzinfo, counts: Counter[s
     if kind == "text":
         return _text(nul_forbidden, counts)
     if kind in ("int", "bigint"):
-        return _integer(*_INT_RANGES[kind], counts)
+        return _integer(*INT_RANGES[kind], counts)
     if kind == "float":
         return _float(target, counts)
     if kind == "bool":
@@ -301,14 +268,14 @@ def _json_text(nul_forbidden: bool, counts: Counter[str]) -> Decoder:
     def decode(value: Any) -> Any:
         if type(value) is str:
             try:
-                text = dumps(json.loads(value, parse_constant=_refuse))
+                json.loads(value, parse_constant=_refuse)
             except _NonFinite:
                 return _repair_json(value, nul_forbidden)
             except (ValueError, RecursionError) as error:
                 raise Problem(f"not valid JSON ({error})") from None
-            if nul_forbidden and "\\u0000" in text:
+            if nul_forbidden and ("\\u0000" in value or "\x00" in value):
                 return _repair_json(value, nul_forbidden)
-            return text
+            return value
         if type(value) is int or type(value) is float:
             # A JSON column has NUMERIC affinity: SQLite turned the text "5" into 5.
             if type(value) is float and not math.isfinite(value):
@@ -334,7 +301,7 @@ def _repair_json(value: str, nul_forbidden: bool) -> str:
             reasons.append("NUL character in JSON")
             parsed = stripped
     if not reasons:
-        return dumps(parsed)
+        return value
     raise Problem(" and ".join(reasons), fix=dumps(parsed))
 
 
@@ -355,59 +322,19 @@ def _describe(value: Any) -> str:
     return shown if len(shown) <= 60 else shown[:57] + "..."
 
 
-# -- targets ---------------------------------------------------------------------
-
-
-def _sqlite_bool(value: Any) -> Any:
-    return None if value is None else int(value)
-
-
-def _sqlite_timestamp(value: Any) -> Any:
-    if value is None:
-        return None
-    moment: datetime = value
-    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
-
-
-def _iso(value: Any) -> Any:
-    return None if value is None else value.isoformat()
-
-
 # -- verification ----------------------------------------------------------------
 
 
-def _number(text: str) -> Decimal:
-    number = Decimal(text)
-    return number.normalize() if number else Decimal(0)
+def _zero_signless(text: str) -> float:
+    return float(text) + 0.0  # jsonb's numeric has no -0
 
 
-class _Number(str):
-    """A JSON number in canonical form, kept apart from strings in the hash."""
-
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return f"#{str.__str__(self)}"
+_CANONICAL_DECODER = json.JSONDecoder(parse_int=float, parse_float=_zero_signless)
+_CANONICAL_ENCODER = json.JSONEncoder(
+    sort_keys=True, ensure_ascii=False, separators=(",", ":"), allow_nan=True
+)
 
 
-def _canonical_json(text: str) -> str:
-    """JSON text with sorted keys and numbers as normalised decimals.
-
-    PostgreSQL's jsonb keeps numbers as ``numeric`` and prints ``1e16`` as
-    ``10000000000000000``: both sides reduce every number to one decimal form.
-    """
-    parsed = json.loads(
-        text,
-        parse_float=lambda s: _Number(_number(s)),
-        parse_int=lambda s: _Number(_number(s)),
-        parse_constant=lambda s: _Number(s),
-    )
-    return repr(_sorted(parsed))
-
-
-def _sorted(value: Any) -> Any:
-    if isinstance(value, dict):
-        return sorted((k, _sorted(v)) for k, v in value.items())
-    if isinstance(value, list):
-        return [_sorted(item) for item in value]
-    return value
+def canonical_json(text: str) -> str:
+    """JSON text with sorted keys and every number a double (raises ValueError if not JSON)."""
+    return _CANONICAL_ENCODER.encode(_CANONICAL_DECODER.decode(text))

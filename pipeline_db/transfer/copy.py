@@ -107,7 +107,7 @@ async def migrate(
             "on_error": options.on_error,
             "source_timezone": str(zone),
         }
-        states = await _start(target, settings, plans)
+        states, resumed = await _start(target, settings, plans)
         copier = _Copier(source, target, options, zone, display, settings)
         for table in plans:
             states[table.name] = await copier.table(table, states[table.name])
@@ -123,6 +123,7 @@ async def migrate(
             skipped=await target.skipped_keys(),
             batch_size=options.batch_size,
             display=display,
+            known={} if resumed else copier.digests,
         )
         report = MigrationReport(
             source=source.description,
@@ -225,6 +226,8 @@ class _Copier:
         self.display = display
         self.settings = settings
         self.skipped: dict[str, set[str]] = {}
+        #: Source digests of the tables copied whole in this run, from the rows read.
+        self.digests: dict[str, tuple[int, int]] = {}
         self._last = time.perf_counter()
 
     async def table(self, plan: TablePlan, state: TableProgress) -> TableProgress:
@@ -236,6 +239,7 @@ class _Copier:
                 state = await self._copy(plan, state)
                 break
             except TransientError as error:
+                self.digests.pop(plan.name, None)  # batches will be read twice: read again
                 if attempt == RECONNECT_ATTEMPTS:
                     raise
                 self.display.log(
@@ -244,7 +248,7 @@ class _Copier:
                 )
                 await asyncio.sleep(RECONNECT_DELAY_S * attempt)
                 await self.target.reconnect()
-                states = await _start(self.target, self.settings, [plan])
+                states, _ = await _start(self.target, self.settings, [plan])
                 state = states[plan.name]
                 self.skipped = await self.target.skipped_keys()
         self.display.finish(plan.name)
@@ -253,6 +257,9 @@ class _Copier:
     async def _copy(self, plan: TablePlan, state: TableProgress) -> TableProgress:
         if state.done:
             return state
+        fresh = state.last_key is None and state.copied == state.skipped == 0
+        digest = [0, 0]
+        refused = False
         self._last = time.perf_counter()
         converter = RowConverter(
             plan,
@@ -264,7 +271,7 @@ class _Copier:
             duplicates=await self.source.duplicates(plan),
             skipped=self.skipped,
         )
-        if state.last_key is None and state.copied == state.skipped == 0:
+        if fresh:
             nulls = await self.source.null_keys(plan)
             if nulls:
                 state = await self._write(plan, converter.null_keys(nulls), state)
@@ -278,9 +285,14 @@ class _Copier:
             await queue.put(None)
 
         async def write() -> None:
-            nonlocal state
+            nonlocal state, refused
             while (batch := await queue.get()) is not None:
+                refused_before = state.skipped
                 state = await self._write(plan, batch, state)
+                digest[0] += batch.digest[0]
+                digest[1] += batch.digest[1]
+                # Rows the target refused were counted: that table's source is read again.
+                refused = refused or state.skipped - refused_before != batch.skipped
 
         try:
             async with asyncio.TaskGroup() as group:
@@ -292,6 +304,8 @@ class _Copier:
             last_key=None, copied=0, skipped=0, repaired=0, seconds=0.0, conversions={}, done=True
         )
         await self.target.save(state)
+        if fresh and not refused:
+            self.digests[plan.name] = (digest[0], digest[1] & ((1 << 64) - 1))
         return state
 
     async def _write(self, plan: TablePlan, batch: Batch, state: TableProgress) -> TableProgress:
@@ -307,7 +321,8 @@ class _Copier:
 
 async def _start(
     target: Target, settings: dict[str, Any], plans: list[TablePlan]
-) -> dict[str, TableProgress]:
+) -> tuple[dict[str, TableProgress], bool]:
+    """Each table's progress, and whether an earlier run had started (a resume)."""
     found, rows = await target.start(settings)
     if found is not None and found != settings:
         differing = ", ".join(
@@ -322,7 +337,7 @@ async def _start(
     for row in rows:
         if row[0] != SETTINGS_ROW and row[0] in kinds:
             states[row[0]] = TableProgress.from_row(row, kinds[row[0]])
-    return states
+    return states, found is not None
 
 
 def _check_pair(source: DatabaseConfig, target: DatabaseConfig) -> None:

@@ -16,12 +16,13 @@ from pipeline_db.errors import ConfigurationError
 _ENV_PREFIX = "env:"
 
 
-def endpoint_config(spec: str) -> DatabaseConfig:
+def endpoint_config(spec: str, *, pgbouncer: bool = False) -> DatabaseConfig:
     """The configuration of a database named on the command line.
 
     Accepts ``path/to/pipeline.db``, ``sqlite:///path``, ``postgresql://user@host/db``
     (``postgres://`` and ``postgresql+asyncpg://`` too), or ``env:NAME`` for a URL
-    held in an environment variable.
+    held in an environment variable. ``pgbouncer``: a PostgreSQL URL leads to
+    PgBouncer in transaction pooling mode.
 
     Raises:
         ConfigurationError: an unset variable or an unusable URL (named, never shown).
@@ -34,7 +35,9 @@ def endpoint_config(spec: str) -> DatabaseConfig:
         spec = value
     scheme = spec.split("://", 1)[0].lower() if "://" in spec else ""
     if scheme.startswith("postgres"):
-        return database_config({"type": "postgresql", "url": spec}, environ={})
+        return database_config(
+            {"type": "postgresql", "url": spec, "pgbouncer": pgbouncer}, environ={}
+        )
     if scheme.startswith("sqlite"):
         return database_config({"type": "sqlite", "url": spec}, environ={})
     if scheme:

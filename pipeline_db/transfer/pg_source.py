@@ -25,13 +25,18 @@ APPLICATION_NAME = "pipeline-db migrate"
 
 
 async def connect(config: DatabaseConfig) -> asyncpg.Connection:
-    """A raw asyncpg connection for ``config`` (the password never leaves the URL)."""
+    """A raw asyncpg connection for ``config`` (the password never leaves the URL).
+
+    Behind PgBouncer (``config.pgbouncer``) asyncpg's statement cache is off, so
+    every statement is prepared unnamed, on the server connection that runs it.
+    """
     url = config.sqlalchemy_url().set(drivername="postgresql")
     try:
         return await asyncpg.connect(
             url.render_as_string(hide_password=False),
             timeout=config.connection_timeout,
             server_settings={"application_name": APPLICATION_NAME},
+            **({"statement_cache_size": 0} if config.pgbouncer else {}),
         )
     except (asyncpg.PostgresError, OSError, TimeoutError) as error:
         raise driver_error(error, config) from None

@@ -4,7 +4,10 @@ COPY (``copy_records_to_table``, binary format) is PostgreSQL's fastest way
 in. Every constraint, index and trigger Alembic made stays in place during the
 load: the copier checks orphans itself, so the foreign keys only confirm it,
 and the schema at the end is Alembic's with nothing to restore. A session
-advisory lock keeps a second migration out of the same target.
+advisory lock keeps a second migration out of the same target; behind
+PgBouncer (``pgbouncer: true``), where a session lock would stay on whichever
+server connection ran that one statement, the lock is transaction-scoped and
+held by an open transaction on a connection of its own.
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ class PostgreSQLTarget:
         self.config = config
         self.description = config.describe()
         self._conn: asyncpg.Connection | None = None
+        self._lock: asyncpg.Connection | None = None  # behind PgBouncer
 
     async def inspect(self) -> TargetState:
         """What the database holds (it must exist: pipeline-db does not create databases)."""
@@ -67,6 +71,7 @@ class PostgreSQLTarget:
                 .set(drivername="postgresql")
                 .render_as_string(hide_password=False),
                 timeout=self.config.connection_timeout,
+                **({"statement_cache_size": 0} if self.config.pgbouncer else {}),
             )
         except asyncpg.InvalidCatalogNameError:
             return TargetState(exists=False)
@@ -107,7 +112,25 @@ class PostgreSQLTarget:
         if self._conn is not None:
             self._conn.terminate()
         self._conn = await connect(self.config)
-        if not await self._run(self._db.fetchval, "SELECT pg_try_advisory_lock($1)", _LOCK_KEY):
+        if self.config.pgbouncer:
+            await self._hold_lock()
+        elif not await self._run(self._db.fetchval, "SELECT pg_try_advisory_lock($1)", _LOCK_KEY):
+            raise MigrationError(f"another migration is writing into {self.description}")
+
+    async def _hold_lock(self) -> None:
+        """Take the lock in a transaction left open on its own connection (kept if alive)."""
+        if self._lock is not None and not self._lock.is_closed():
+            return
+        self._lock = conn = await connect(self.config)
+        try:
+            # Open for the whole migration: exempt it from an idle-in-transaction timeout.
+            await conn.execute("BEGIN; SET LOCAL idle_in_transaction_session_timeout = 0")
+            locked = await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", _LOCK_KEY)
+        except (asyncpg.PostgresError, OSError) as error:
+            conn.terminate()
+            raise driver_error(error, self.config) from error
+        if not locked:
+            conn.terminate()
             raise MigrationError(f"another migration is writing into {self.description}")
 
     async def empty(self) -> None:
@@ -204,13 +227,14 @@ class PostgreSQLTarget:
             raise driver_error(error, self.config) from error
 
     async def close(self) -> None:
-        """Close the copying connection (the lock goes with it)."""
-        if self._conn is not None:
-            conn, self._conn = self._conn, None
-            try:
-                await conn.close(timeout=5)
-            except Exception:
-                conn.terminate()
+        """Close the copying connection (the lock goes with it, or with its own)."""
+        for conn in (self._conn, self._lock):
+            if conn is not None:
+                try:
+                    await conn.close(timeout=5)
+                except Exception:
+                    conn.terminate()
+        self._conn = self._lock = None
 
     # -- helpers ------------------------------------------------------------------
 

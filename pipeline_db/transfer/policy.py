@@ -18,19 +18,13 @@ verification, so both agree on which rows should have arrived and how.
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter
-from collections.abc import Callable
-from datetime import tzinfo
+from collections.abc import Callable, Sequence
+from datetime import UTC, tzinfo
 from typing import Any
 
-from pipeline_db.transfer.convert import (
-    Dialect,
-    Problem,
-    canonical,
-    decoder,
-    encoder,
-)
+from pipeline_db.transfer.columns import canonical_column, column_decoder, column_encoder
+from pipeline_db.transfer.convert import Dialect, Problem, decoder
 from pipeline_db.transfer.errors import RowRejectedError
 from pipeline_db.transfer.layout import TablePlan
 from pipeline_db.transfer.progress import Issue
@@ -38,12 +32,14 @@ from pipeline_db.transfer.target import Batch, OnError
 
 _MASK = (1 << 64) - 1
 Row = tuple[Any, ...]
+Columns = list[Sequence[Any]]
 
 
-def row_hash(values: tuple[Any, ...]) -> int:
-    """A 64-bit hash of a row's canonical values (blake2b, stable across processes)."""
-    digest = hashlib.blake2b(repr(values).encode("utf-8", "surrogatepass"), digest_size=8)
-    return int.from_bytes(digest.digest(), "little")
+def digest_of(canonical: Columns) -> tuple[int, int]:
+    """The row count and the sum of the rows' hashes (order-independent, one process)."""
+    if not canonical or not canonical[0]:
+        return 0, 0
+    return len(canonical[0]), sum(map(hash, zip(*canonical, strict=True))) & _MASK
 
 
 class RowConverter:
@@ -88,8 +84,18 @@ class RowConverter:
             )
             for c in plan.columns
         ]
-        encoders = [encoder(c.kind, target) for c in plan.columns]
-        self._encoders = encoders if any(encoders) else None
+        self._column_decoders = [
+            column_decoder(
+                c.kind,
+                source=source,
+                target=target,
+                nullable=c.nullable,
+                zone=zone,
+                counts=self.counts[c.name],
+            )
+            for c in plan.columns
+        ]
+        self._encoders = [column_encoder(c.kind, target) for c in plan.columns]
         self._kinds = [c.kind for c in plan.columns]
         self._width = len(plan.columns)
         self._key = plan.key_index
@@ -100,28 +106,30 @@ class RowConverter:
         self._links = [(names.index(link.column), link) for link in plan.parents]
 
     def __call__(self, rows: list[Row]) -> Batch:
-        """Convert a batch of source rows into a :class:`Batch` for the target."""
+        """Convert a batch of source rows into a :class:`Batch` for the target.
+
+        The batch also carries the digest of what it should put in the target
+        (the source side of the verification).
+        """
         batch = Batch(rows=[], last_key=rows[-1][self._key] if rows else None, read=len(rows))
-        for values in self._typed(rows, batch):
-            batch.rows.append(self._encode(values))
+        typed, canonical = self._convert(rows, batch)
+        batch.digest = digest_of(canonical)
+        if typed and typed[0]:
+            encoded = [e(c) if e else c for e, c in zip(self._encoders, typed, strict=True)]
+            batch.rows = list(zip(*encoded, strict=True))
         batch.conversions = self._take_counts()
         return batch
 
     def digest(self, rows: list[Row]) -> tuple[int, int]:
         """The count and hash sum of the rows that should be in the target (verification)."""
         batch = Batch(rows=[], last_key=None)
-        kinds = self._kinds
-        total = 0
-        count = 0
-        for values in self._typed(rows, batch):
-            total += row_hash(tuple(canonical(k, v) for k, v in zip(kinds, values, strict=True)))
-            count += 1
+        _, canonical = self._convert(rows, batch)
         self._take_counts()
         # Rows left out leave their children out too (verified in foreign-key order).
         left_out = {i.key for i in batch.issues if i.action == "skipped" and i.key is not None}
         if left_out:
             self._skipped.setdefault(self.plan.name, set()).update(left_out)
-        return count, total & _MASK
+        return digest_of(canonical)
 
     def null_keys(self, rowids: list[int]) -> Batch:
         """The batch of issues for rows whose key is NULL (never copied)."""
@@ -129,6 +137,55 @@ class RowConverter:
         for rowid in rowids:
             self._reject(f"rowid {rowid}", [(self.plan.key, Problem("NULL primary key"))], batch)
         return batch
+
+    # -- columns ---------------------------------------------------------------------
+
+    def _convert(self, rows: list[Row], batch: Batch) -> tuple[Columns, Columns]:
+        """Typed and canonical columns of the rows kept: column-wise, else row by row."""
+        if not rows:
+            return [], []
+        columns = list(zip(*rows, strict=True))
+        if not self._suspect_batch(columns):
+            saved = {name: Counter(c) for name, c in self.counts.items()}
+            fast = self._fast(columns)
+            if fast is not None:
+                return fast
+            for name, counts in self.counts.items():  # the row-wise pass counts again
+                counts.clear()
+                counts.update(saved[name])
+        kept = self._typed(rows, batch)
+        typed: Columns = [list(c) for c in zip(*kept, strict=True)] if kept else []
+        canonical = [canonical_column(k, c) for k, c in zip(self._kinds, typed, strict=True)]
+        return typed, canonical
+
+    def _fast(self, columns: list[tuple[Any, ...]]) -> tuple[Columns, Columns] | None:
+        typed: Columns = []
+        for decode, values in zip(self._column_decoders, columns, strict=False):
+            converted = decode(values)
+            if converted is None:
+                return None
+            typed.append(converted)
+        try:  # parsing JSON for the hash also tells valid JSON from the rest
+            canonical = [canonical_column(k, c) for k, c in zip(self._kinds, typed, strict=True)]
+        except (ValueError, RecursionError):
+            return None
+        return typed, canonical
+
+    def _suspect_batch(self, columns: list[tuple[Any, ...]]) -> bool:
+        """Whether any row of the batch may be an orphan, fail a CHECK or repeat a key."""
+        if self._flagged and any(any(flags) for flags in columns[self._width :]):
+            return True
+        keys = columns[self._key]
+        if self._duplicates and not self._duplicates.keys().isdisjoint(keys):
+            return True
+        mine = self._skipped.get(self.plan.name)
+        if mine and not mine.isdisjoint(map(str, keys)):
+            return True
+        for index, link in self._links:
+            parents = self._skipped.get(link.parent)
+            if parents and not parents.isdisjoint(map(str, filter(None, columns[index]))):
+                return True
+        return False
 
     # -- rows -----------------------------------------------------------------------
 
@@ -242,13 +299,6 @@ class RowConverter:
                 reason += " (left out)"
             batch.issues.append(Issue(self.plan.name, str(key), column or None, reason, "skipped"))
 
-    def _encode(self, values: list[Any]) -> Row:
-        if self._encoders is None:
-            return tuple(values)
-        return tuple(
-            e(v) if e is not None else v for e, v in zip(self._encoders, values, strict=True)
-        )
-
     def _take_counts(self) -> dict[str, Counter[str]]:
         taken = {name: Counter(c) for name, c in self.counts.items() if c}
         for counts in self.counts.values():
@@ -262,19 +312,27 @@ Digester = Callable[[list[Row]], tuple[int, int]]
 def target_digester(plan: TablePlan, dialect: Dialect) -> Digester:
     """The digest of rows as the target stores them (the other side of the verification)."""
     kinds = [c.kind for c in plan.columns]
-    decoders = [
-        decoder(k, source=dialect, target=dialect, nullable=True) if k != "json" else None
+    fast = [
+        column_decoder(k, source=dialect, target=dialect, nullable=True, zone=UTC, counts=Counter())
         for k in kinds
     ]
+    slow = [decoder(k, source=dialect, target=dialect, nullable=True) for k in kinds]
 
     def digest(rows: list[Row]) -> tuple[int, int]:
-        total = 0
-        for row in rows:
-            values = tuple(
-                canonical(k, d(v) if d is not None else v)
-                for k, d, v in zip(kinds, decoders, row, strict=True)
-            )
-            total += row_hash(values)
-        return len(rows), total & _MASK
+        if not rows:
+            return 0, 0
+        typed: Columns = []
+        for decode, one, values in zip(fast, slow, zip(*rows, strict=True), strict=True):
+            converted = decode(values)
+            typed.append(converted if converted is not None else [_lenient(one, v) for v in values])
+        return digest_of([canonical_column(k, c) for k, c in zip(kinds, typed, strict=True)])
 
     return digest
+
+
+def _lenient(decode: Callable[[Any], Any], value: Any) -> Any:
+    """A stored value decoded, or kept as it is when it cannot be (it will differ)."""
+    try:
+        return decode(value)
+    except Problem:
+        return value

@@ -38,6 +38,7 @@ class Batch:
         conversions: per column, counts of the conversions applied.
         read: rows read from the source.
         seconds: wall time spent on the batch before it was written.
+        digest: row count and hash sum of what the batch should put in the target.
     """
 
     rows: list[tuple[Any, ...]]
@@ -48,6 +49,7 @@ class Batch:
     conversions: dict[str, Counter[str]] = field(default_factory=dict)
     read: int = 0
     seconds: float = 0.0
+    digest: tuple[int, int] = (0, 0)
 
 
 @dataclass(frozen=True, slots=True)
