@@ -63,6 +63,7 @@ progress = Table(
     Column("seconds", Double, nullable=False),
     Column("done", Boolean, nullable=False),
     Column("conversions", Text, nullable=False),
+    Column("deferred", Text, nullable=False),
 )
 #: Every skipped or repaired row, written in the same transaction as its batch.
 issues = Table(
@@ -331,6 +332,42 @@ def check_fts() -> Statement:
     return Statement(
         f"INSERT INTO {SQLITE_FTS_TABLE}({SQLITE_FTS_TABLE}, rank) VALUES ('integrity-check', 1)"
     )
+
+
+def set_aside_indexes() -> Statement:
+    """A table's plain indexes (no key, no unique, no constraint's): name and definition."""
+    return Statement(
+        "SELECT c.relname::text, pg_get_indexdef(i.indexrelid) FROM pg_index i "
+        "JOIN pg_class c ON c.oid = i.indexrelid "
+        "WHERE i.indrelid = $1::text::regclass AND NOT i.indisunique AND NOT i.indisprimary "
+        "AND NOT EXISTS (SELECT FROM pg_constraint k WHERE k.conindid = i.indexrelid) "
+        "ORDER BY 1",
+        ("table",),
+    )
+
+
+def set_aside_foreign_keys() -> Statement:
+    """A table's foreign keys: name and definition."""
+    return Statement(
+        "SELECT conname::text, pg_get_constraintdef(oid) FROM pg_constraint "
+        "WHERE conrelid = $1::text::regclass AND contype = 'f' ORDER BY 1",
+        ("table",),
+    )
+
+
+def drop_index(name: str) -> Statement:
+    """Drop an index (set aside for the load)."""
+    return Statement(f'DROP INDEX "{name}"')
+
+
+def drop_constraint(table_name: str, name: str) -> Statement:
+    """Drop a constraint (set aside for the load)."""
+    return Statement(f'ALTER TABLE "{table_name}" DROP CONSTRAINT "{name}"')
+
+
+def add_constraint(table_name: str, name: str, definition: str) -> Statement:
+    """Add a constraint back as ``pg_get_constraintdef`` described it."""
+    return Statement(f'ALTER TABLE "{table_name}" ADD CONSTRAINT "{name}" {definition}')
 
 
 def analyze(name: str) -> Statement:

@@ -258,6 +258,7 @@ class _Copier:
         if state.done:
             return state
         fresh = state.last_key is None and state.copied == state.skipped == 0
+        state = await self.target.start_table(plan, state)
         digest = [0, 0]
         refused = False
         self._last = time.perf_counter()
@@ -300,10 +301,7 @@ class _Copier:
                 group.create_task(write())
         except BaseExceptionGroup as group:
             raise group.exceptions[0] from None
-        state = state.advanced(
-            last_key=None, copied=0, skipped=0, repaired=0, seconds=0.0, conversions={}, done=True
-        )
-        await self.target.save(state)
+        state = await self.target.finish_table(plan, state)
         if fresh and not refused:
             self.digests[plan.name] = (digest[0], digest[1] & ((1 << 64) - 1))
         return state

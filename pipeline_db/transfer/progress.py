@@ -64,6 +64,8 @@ class TableProgress:
         seconds: time spent copying it.
         done: whether every row was copied.
         conversions: per column, how many values each conversion applied to.
+        deferred: DDL the target runs when the table is done (indexes and
+            foreign keys it set aside for the load).
     """
 
     name: str
@@ -74,6 +76,7 @@ class TableProgress:
     seconds: float = 0.0
     done: bool = False
     conversions: dict[str, Counter[str]] = field(default_factory=dict)
+    deferred: tuple[str, ...] = ()
 
     def advanced(
         self,
@@ -112,12 +115,13 @@ class TableProgress:
             "seconds": self.seconds,
             "done": self.done,
             "conversions": json.dumps(self.conversions, sort_keys=True),
+            "deferred": json.dumps(list(self.deferred)),
         }
 
     @classmethod
     def from_row(cls, row: Any, key_kind: Kind) -> TableProgress:
         """Read a progress row back, the key in its column's type."""
-        (name, last_key, copied, skipped, repaired, seconds, done, conversions) = row
+        (name, last_key, copied, skipped, repaired, seconds, done, conversions, deferred) = row
         if last_key is not None and key_kind != "text":
             last_key = int(last_key)
         return cls(
@@ -129,6 +133,7 @@ class TableProgress:
             seconds=float(seconds),
             done=bool(done),
             conversions={c: Counter(n) for c, n in json.loads(conversions).items()},
+            deferred=tuple(json.loads(deferred)),
         )
 
 

@@ -18,6 +18,7 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -184,10 +185,16 @@ class SQLiteTarget:
 
         return await self._call(work)
 
-    async def save(self, state: TableProgress) -> None:
-        """Save a table's progress."""
+    async def start_table(self, plan: TablePlan, state: TableProgress) -> TableProgress:
+        """Nothing to set aside: SQLite loads with its indexes and triggers in place."""
+        return state
+
+    async def finish_table(self, plan: TablePlan, state: TableProgress) -> TableProgress:
+        """Mark the table done."""
+        new = replace(state, done=True)
         statement = _sql.save_progress("sqlite")
-        await self._call(lambda: self._db.execute(statement.sql, statement.args(state.row())))
+        await self._call(lambda: self._db.execute(statement.sql, statement.args(new.row())))
+        return new
 
     async def finish(self, plans: list[TablePlan], counters: dict[str, int]) -> None:
         """Raise AUTOINCREMENT counters to the source's; rebuild the full-text table."""

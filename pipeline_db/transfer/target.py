@@ -105,8 +105,12 @@ class Target(Protocol):
         """
         ...
 
-    async def save(self, state: TableProgress) -> None:
-        """Save a table's progress on its own (a table finished with no batch left)."""
+    async def start_table(self, plan: TablePlan, state: TableProgress) -> TableProgress:
+        """Prepare a table for its load (PostgreSQL sets indexes and foreign keys aside)."""
+        ...
+
+    async def finish_table(self, plan: TablePlan, state: TableProgress) -> TableProgress:
+        """Mark a table done, restoring what ``start_table`` set aside, in one transaction."""
         ...
 
     async def finish(self, plans: list[TablePlan], counters: dict[str, int]) -> None:
