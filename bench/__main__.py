@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import inspect
 import logging
 
-from bench import write
+from bench import reads, write
 
-SECTIONS = {"write": write.run}
+SECTIONS = {"write": write.run, "reads": reads.run}
 
 
 def main() -> None:
@@ -16,10 +17,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("sections", nargs="*", choices=[*SECTIONS, []], default=list(SECTIONS))
     parser.add_argument("--seconds", type=float, default=None, help="seconds per measurement")
+    parser.add_argument("--scale", type=float, default=None, help="data size factor (reads)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
+    options = {"seconds": args.seconds, "scale": args.scale}
     for section in args.sections:
-        kwargs = {} if args.seconds is None else {"seconds": args.seconds}
+        # Each section gets the options it takes.
+        accepted = inspect.signature(SECTIONS[section]).parameters
+        kwargs = {k: v for k, v in options.items() if v is not None and k in accepted}
         asyncio.run(SECTIONS[section](**kwargs))
 
 

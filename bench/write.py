@@ -63,9 +63,7 @@ async def run(seconds: float = SECONDS, repeats: int = REPEATS) -> dict[str, Any
                 # One at a time: Alembic's migration context is process-global.
                 await _seed(pg)
                 await _seed(lite)
-                pool = await asyncpg.create_pool(
-                    dsn, min_size=POOL_SIZE, max_size=POOL_SIZE
-                )
+                pool = await asyncpg.create_pool(dsn, min_size=POOL_SIZE, max_size=POOL_SIZE)
                 try:
                     for _ in range(repeats):
                         for concurrency in CONCURRENCY:

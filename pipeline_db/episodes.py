@@ -374,9 +374,10 @@ class Episodes:
         """Totals by stage, and activity, failure rate and mean durations over ``window``."""
         since = datetime.now(UTC) - window
         async with self._db.read() as conn:
-            by_stage = {s: n for s, n in await conn.execute(q.count_by_stage())}
-            events, finished, failures = (await conn.execute(q.log_activity_since(since))).one()
-            durations = {s: d for s, d in await conn.execute(q.mean_duration_by_stage(since))}
+            by_stage = (await conn.execute(q.count_by_stage())).mappings().one()
+            log = (await conn.execute(q.log_summary_since(since))).all()
+        events, finished, failures = (sum(int(row[i]) for row in log) for i in (1, 2, 3))
+        durations = {row[0]: row[4] for row in log}
         stages = {
             stage: StageStats(
                 episodes=int(by_stage.get(stage, 0)),

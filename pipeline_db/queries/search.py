@@ -153,7 +153,23 @@ def fulltext_postgresql(query: str, rank_query: str, show: str | None, limit: in
 
 
 def fulltext_sqlite(match: str, show: str | None, limit: int) -> TextClause:
-    """Ranked matches of an FTS5 query, best (lowest bm25) first (SQLite)."""
+    """Ranked matches of an FTS5 query, best (lowest bm25) first (SQLite).
+
+    Without a show filter, matches are ranked in the FTS table alone and only
+    those ranking at or above the ``limit``-th (ties included) are joined to
+    their index rows: joining every match before sorting took twice as long
+    for a query matching 8,000 episodes (bench/reads.py).
+    """
+    if show is None:
+        return text(
+            f"WITH m AS (SELECT rowid AS r, -bm25({SQLITE_FTS_TABLE}, {_BM25_WEIGHTS}) AS rank "
+            f"FROM {SQLITE_FTS_TABLE} WHERE {SQLITE_FTS_TABLE} MATCH :query), "
+            "cut AS (SELECT rank FROM m ORDER BY rank DESC LIMIT 1 OFFSET :limit - 1) "
+            "SELECT i.episode_id, i.title, i.show_name, m.rank "
+            "FROM m JOIN json_metadata_index AS i ON i.rowid = m.r "
+            "WHERE NOT EXISTS (SELECT 1 FROM cut) OR m.rank >= (SELECT rank FROM cut) "
+            "ORDER BY m.rank DESC, i.episode_id LIMIT :limit"
+        ).bindparams(bindparam("query", match), bindparam("limit", limit))
     return text(
         f"SELECT i.episode_id, i.title, i.show_name, "
         f"-bm25({SQLITE_FTS_TABLE}, {_BM25_WEIGHTS}) AS rank "
