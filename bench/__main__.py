@@ -7,9 +7,9 @@ import asyncio
 import inspect
 import logging
 
-from bench import reads, write
+from bench import queue, reads, write
 
-SECTIONS = {"write": write.run, "reads": reads.run}
+SECTIONS = {"write": write.run, "reads": reads.run, "queue": queue.run}
 
 
 def main() -> None:
@@ -17,7 +17,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("sections", nargs="*", choices=[*SECTIONS, []], default=list(SECTIONS))
     parser.add_argument("--seconds", type=float, default=None, help="seconds per measurement")
-    parser.add_argument("--scale", type=float, default=None, help="data size factor (reads)")
+    parser.add_argument("--scale", type=float, default=None, help="data size factor (reads, queue)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
     options = {"seconds": args.seconds, "scale": args.scale}
