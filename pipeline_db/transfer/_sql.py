@@ -149,6 +149,12 @@ def select_unordered(plan: TablePlan, dialect: Dialect) -> Statement:
     return render(select(*source.c), dialect)
 
 
+def first_rows(plan: TablePlan, dialect: Dialect) -> Statement:
+    """A sample of a table's rows (its first 200, in no particular order)."""
+    source = table(plan.name, *(column(c.name) for c in plan.columns))
+    return render(select(*source.c).limit(literal_column("200")), dialect)
+
+
 def count_rows(name: str, dialect: Dialect) -> Statement:
     """How many rows a table holds."""
     return render(select(func.count()).select_from(table(name)), dialect)

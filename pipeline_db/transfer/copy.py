@@ -26,13 +26,15 @@ from pipeline_db.transfer.options import MigrateOptions
 from pipeline_db.transfer.plan import MigrationPlan, discover
 from pipeline_db.transfer.policy import RowConverter
 from pipeline_db.transfer.progress import SETTINGS_ROW, TableProgress
-from pipeline_db.transfer.report import MigrationReport, TableReport, write_report
+from pipeline_db.transfer.report import MigrationReport, TableCheck, TableReport, write_report
 from pipeline_db.transfer.source import BatchSizer, Source, open_source
 from pipeline_db.transfer.target import Batch, Target, TargetState, open_target
-from pipeline_db.transfer.verify import verify
+from pipeline_db.transfer.verify import Verifier
 
-#: Converted batches waiting for the writer, at most.
+#: Converted batches waiting for the writer of a table, at most.
 QUEUE_DEPTH = 2
+#: Tables loading at the same time.
+TABLES_AT_ONCE = 2
 #: Attempts at a table when the target connection is lost, and the pause between them.
 RECONNECT_ATTEMPTS = 5
 RECONNECT_DELAY_S = 2.0
@@ -108,23 +110,24 @@ async def migrate(
             "source_timezone": str(zone),
         }
         states, resumed = await _start(target, settings, plans)
-        copier = _Copier(source, target, options, zone, display, settings)
-        for table in plans:
-            states[table.name] = await copier.table(table, states[table.name])
-        counters = {p.name: p.counter for p in plans if p.counter is not None}
-        await target.finish(plans, counters)
-        verify_started = time.perf_counter()
-        checks = await verify(
+        verifier = Verifier(
             source,
             target,
-            plans,
-            on_error=options.on_error,
-            zone=zone,
-            skipped=await target.skipped_keys(),
-            batch_size=options.batch_size,
-            display=display,
-            known={} if resumed else copier.digests,
+            options.on_error,
+            zone,
+            await target.skipped_keys(),
+            options.batch_size,
+            display,
         )
+        copier = _Copier(source, target, options, zone, display, settings, verifier, resumed)
+        try:
+            await copier.run(plans, states)
+            counters = {p.name: p.counter for p in plans if p.counter is not None}
+            await target.finish(plans, counters)
+            verify_started = time.perf_counter()
+            checks = [await copier.checks[p.name] for p in plans]
+        finally:
+            await copier.cancel()
         report = MigrationReport(
             source=source.description,
             flavour=source.info.flavour,
@@ -133,7 +136,7 @@ async def migrate(
             checks=checks,
             notes=notes,
             not_copied=not_copied,
-            verify_seconds=time.perf_counter() - verify_started,
+            verify_seconds=copier.verify_seconds + time.perf_counter() - verify_started,
         )
         report.report_file = options.report or _default_report_path()
         report.seconds = time.perf_counter() - started
@@ -175,16 +178,8 @@ async def verify_only(
         if not state.exists or state.revision is None:
             raise MigrationError(f"{target.description} holds no pipeline-db schema to verify")
         await target.reconnect()
-        checks = await verify(
-            source,
-            target,
-            plans,
-            on_error=options.on_error,
-            zone=zone,
-            skipped={},
-            batch_size=options.batch_size,
-            display=display,
-        )
+        verifier = Verifier(source, target, options.on_error, zone, {}, options.batch_size, display)
+        checks = await verifier.tables(plans)
     finally:
         display.close()
         await source.close()
@@ -208,7 +203,14 @@ async def verify_only(
 
 
 class _Copier:
-    """Copies one table at a time, retrying from the committed progress on connection loss."""
+    """Copies the tables, several at once, parents before children.
+
+    Up to :data:`TABLES_AT_ONCE` tables load at the same time (one may keep
+    PostgreSQL busy building search vectors while another keeps this process
+    converting), the widest first; each is verified as soon as it is done,
+    while the others load. A lost target connection (a restart) is retried
+    from the progress that committed.
+    """
 
     def __init__(
         self,
@@ -218,6 +220,8 @@ class _Copier:
         zone: Any,
         display: Display,
         settings: dict[str, Any],
+        verifier: Verifier,
+        resumed: bool,
     ) -> None:
         self.source = source
         self.target = target
@@ -225,21 +229,66 @@ class _Copier:
         self.zone = zone
         self.display = display
         self.settings = settings
-        self.skipped: dict[str, set[str]] = {}
-        #: Source digests of the tables copied whole in this run, from the rows read.
-        self.digests: dict[str, tuple[int, int]] = {}
-        self._last = time.perf_counter()
+        self.verifier = verifier
+        self.resumed = resumed
+        #: Keys of rows left out, by table: their children are left out too.
+        self.skipped = verifier.skipped
+        #: Each table's verification, started when the table is done.
+        self.checks: dict[str, asyncio.Task[TableCheck]] = {}
+        #: Seconds spent verifying while no table was loading.
+        self.verify_seconds = 0.0
+        self._digests: dict[str, tuple[int, int]] = {}
+        self._generation = 0
+        self._reconnecting = asyncio.Lock()
+
+    async def run(self, plans: list[TablePlan], states: dict[str, TableProgress]) -> None:
+        """Copy every table to the end and start its verification."""
+        names = {p.name for p in plans}
+        finished = {p.name: asyncio.Event() for p in plans}
+        slots = asyncio.Semaphore(TABLES_AT_ONCE)
+
+        async def one(plan: TablePlan) -> None:
+            for parent in {link.parent for link in plan.parents} & names - {plan.name}:
+                await finished[parent].wait()
+            async with slots:
+                states[plan.name] = await self.table(plan, states[plan.name])
+            finished[plan.name].set()
+            known = None if self.resumed else self._digests.get(plan.name)
+            self.checks[plan.name] = asyncio.create_task(self.verifier.table(plan, known))
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                for plan in await self._order(plans):
+                    group.create_task(one(plan))
+        except BaseExceptionGroup as group:
+            raise group.exceptions[0] from None
+
+    async def cancel(self) -> None:
+        """Stop verifications still running (the migration failed)."""
+        for task in self.checks.values():
+            task.cancel()
+        await asyncio.gather(*self.checks.values(), return_exceptions=True)
+
+    async def _order(self, plans: list[TablePlan]) -> list[TablePlan]:
+        """Parents first, then the tables with the most bytes to move."""
+        levels: dict[str, int] = {}
+        for plan in plans:  # sorted_tables order: parents come first
+            parents = [levels.get(link.parent, -1) for link in plan.parents]
+            levels[plan.name] = 1 + max(parents, default=-1)
+        sizes = {p.name: p.rows * (await self.source.row_width(p) if p.rows else 0) for p in plans}
+        return sorted(plans, key=lambda p: (levels[p.name], -sizes[p.name]))
 
     async def table(self, plan: TablePlan, state: TableProgress) -> TableProgress:
         """Copy one table to the end, from where ``state`` says it stopped."""
-        self.skipped = await self.target.skipped_keys()
         self.display.start(plan.name, plan.rows, state.copied + state.skipped)
         for attempt in range(1, RECONNECT_ATTEMPTS + 1):
+            generation = self._generation
             try:
                 state = await self._copy(plan, state)
                 break
             except TransientError as error:
-                self.digests.pop(plan.name, None)  # batches will be read twice: read again
+                self._digests.pop(plan.name, None)  # batches will be read twice: read again
+                self.resumed = True
                 if attempt == RECONNECT_ATTEMPTS:
                     raise
                 self.display.log(
@@ -247,10 +296,13 @@ class _Copier:
                     f"(attempt {attempt + 1} of {RECONNECT_ATTEMPTS})"
                 )
                 await asyncio.sleep(RECONNECT_DELAY_S * attempt)
-                await self.target.reconnect()
+                async with self._reconnecting:
+                    if generation == self._generation:  # not yet done by another table
+                        await self.target.reconnect()
+                        self._generation += 1
                 states, _ = await _start(self.target, self.settings, [plan])
                 state = states[plan.name]
-                self.skipped = await self.target.skipped_keys()
+                self.skipped.update(await self.target.skipped_keys())
         self.display.finish(plan.name)
         return state
 
@@ -259,9 +311,6 @@ class _Copier:
             return state
         fresh = state.last_key is None and state.copied == state.skipped == 0
         state = await self.target.start_table(plan, state)
-        digest = [0, 0]
-        refused = False
-        self._last = time.perf_counter()
         converter = RowConverter(
             plan,
             source=self.source.dialect,
@@ -272,13 +321,16 @@ class _Copier:
             duplicates=await self.source.duplicates(plan),
             skipped=self.skipped,
         )
+        last = [time.perf_counter()]
         if fresh:
             nulls = await self.source.null_keys(plan)
             if nulls:
-                state = await self._write(plan, converter.null_keys(nulls), state)
+                state = await self._write(plan, converter.null_keys(nulls), state, last)
         queue: asyncio.Queue[Batch | None] = asyncio.Queue(QUEUE_DEPTH)
         after = state.last_key
         sizer = BatchSizer(self.options.batch_size)
+        digest = [0, 0]
+        refused = False
 
         async def read() -> None:
             async for batch in self.source.scan(plan, converter, after=after, sizer=sizer):
@@ -288,12 +340,12 @@ class _Copier:
         async def write() -> None:
             nonlocal state, refused
             while (batch := await queue.get()) is not None:
-                refused_before = state.skipped
-                state = await self._write(plan, batch, state)
+                skipped_before = state.skipped
+                state = await self._write(plan, batch, state, last)
                 digest[0] += batch.digest[0]
                 digest[1] += batch.digest[1]
                 # Rows the target refused were counted: that table's source is read again.
-                refused = refused or state.skipped - refused_before != batch.skipped
+                refused = refused or state.skipped - skipped_before != batch.skipped
 
         try:
             async with asyncio.TaskGroup() as group:
@@ -303,13 +355,15 @@ class _Copier:
             raise group.exceptions[0] from None
         state = await self.target.finish_table(plan, state)
         if fresh and not refused:
-            self.digests[plan.name] = (digest[0], digest[1] & ((1 << 64) - 1))
+            self._digests[plan.name] = (digest[0], digest[1] & ((1 << 64) - 1))
         return state
 
-    async def _write(self, plan: TablePlan, batch: Batch, state: TableProgress) -> TableProgress:
-        batch.seconds = time.perf_counter() - self._last
+    async def _write(
+        self, plan: TablePlan, batch: Batch, state: TableProgress, last: list[float]
+    ) -> TableProgress:
+        batch.seconds = time.perf_counter() - last[0]
         new = await self.target.write(plan, batch, state, self.options.on_error)
-        self._last = time.perf_counter()
+        last[0] = time.perf_counter()
         for issue in batch.issues:
             if issue.action == "skipped" and issue.key is not None:
                 self.skipped.setdefault(plan.name, set()).add(issue.key)

@@ -24,11 +24,17 @@ from typing import Any, TypeVar
 
 from pipeline_db import schema
 from pipeline_db.config import DatabaseConfig
-from pipeline_db.errors import ConfigurationError
+from pipeline_db.errors import ConfigurationError, PipelineDBError
 from pipeline_db.transfer import _sql
 from pipeline_db.transfer.convert import Dialect
 from pipeline_db.transfer.layout import TablePlan
-from pipeline_db.transfer.source import BatchSizer, SourceInfo, Transform, driver_error
+from pipeline_db.transfer.source import (
+    BatchSizer,
+    SourceInfo,
+    Transform,
+    average_width,
+    driver_error,
+)
 
 T = TypeVar("T")
 
@@ -132,6 +138,15 @@ class SQLiteSource:
                 yield result[0]
         finally:
             await self._call(cursors[-1].close)
+
+    async def row_width(self, plan: TablePlan) -> float:
+        """The average width in bytes of the table's first rows (to schedule the copy)."""
+        statement = _sql.first_rows(plan, "sqlite")
+        try:
+            rows = await self._call(self._fetcher(statement.sql))
+        except PipelineDBError:
+            return 0.0  # text that is not UTF-8: the copy reads it leniently
+        return average_width(rows)
 
     async def null_keys(self, plan: TablePlan) -> list[int]:
         """Rowids of rows whose key is NULL."""

@@ -8,6 +8,7 @@ the order SQLite and the resume point use).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any, TypeVar
 
@@ -18,7 +19,13 @@ from pipeline_db.config import DatabaseConfig
 from pipeline_db.transfer import _sql
 from pipeline_db.transfer.convert import Dialect
 from pipeline_db.transfer.layout import TablePlan, plan_table
-from pipeline_db.transfer.source import BatchSizer, SourceInfo, Transform, driver_error
+from pipeline_db.transfer.source import (
+    BatchSizer,
+    SourceInfo,
+    Transform,
+    average_width,
+    driver_error,
+)
 
 T = TypeVar("T")
 APPLICATION_NAME = "pipeline-db migrate"
@@ -42,6 +49,23 @@ async def connect(config: DatabaseConfig) -> asyncpg.Connection:
         raise driver_error(error, config) from None
 
 
+async def create_pool(config: DatabaseConfig, size: int) -> asyncpg.Pool:
+    """A pool of raw asyncpg connections for ``config`` (see :func:`connect`)."""
+    url = config.sqlalchemy_url().set(drivername="postgresql")
+    try:
+        pool: asyncpg.Pool = await asyncpg.create_pool(
+            url.render_as_string(hide_password=False),
+            min_size=1,
+            max_size=size,
+            timeout=config.connection_timeout,
+            server_settings={"application_name": APPLICATION_NAME},
+            **({"statement_cache_size": 0} if config.pgbouncer else {}),
+        )
+    except (asyncpg.PostgresError, OSError, TimeoutError) as error:
+        raise driver_error(error, config) from None
+    return pool
+
+
 class PostgreSQLSource:
     """pipeline-db's PostgreSQL database, read in one snapshot."""
 
@@ -53,6 +77,9 @@ class PostgreSQLSource:
         self.info = SourceInfo("pipeline-db PostgreSQL database")
         self._conn = conn
         self._transaction = conn.transaction(isolation="repeatable_read", readonly=True)
+        # Several tables are read at once, through one connection (one snapshot):
+        # its statements and cursor fetches take turns.
+        self._turn = asyncio.Lock()
 
     @classmethod
     async def open(cls, config: DatabaseConfig) -> PostgreSQLSource:
@@ -88,13 +115,27 @@ class PostgreSQLSource:
         """
         statement = _sql.select_rows(plan, "postgresql", after=after is not None, present=set())
         try:
-            cursor = await self._conn.cursor(statement.sql, *statement.args({"after": after}))
-            while batch := await cursor.fetch(sizer.next):
-                rows = [tuple(record) for record in batch]
-                sizer.observe(rows)
-                yield transform(rows)
+            async with self._turn:
+                cursor = await self._conn.cursor(statement.sql, *statement.args({"after": after}))
+            while True:
+                async with self._turn:
+                    batch = await cursor.fetch(sizer.next)
+                if not batch:
+                    break
+                sizer.observe(batch)
+                yield transform(batch)
         except (asyncpg.PostgresError, OSError) as error:
             raise driver_error(error, self.config) from error
+
+    async def row_width(self, plan: TablePlan) -> float:
+        """The average width in bytes of the table's first rows (to schedule the copy)."""
+        statement = _sql.first_rows(plan, "postgresql")
+        async with self._turn:
+            try:
+                rows = await self._conn.fetch(statement.sql, *statement.args())
+            except (asyncpg.PostgresError, OSError) as error:
+                raise driver_error(error, self.config) from error
+        return average_width(rows)
 
     async def null_keys(self, plan: TablePlan) -> list[int]:
         """None: primary keys are NOT NULL here."""
@@ -114,7 +155,8 @@ class PostgreSQLSource:
 
     async def _value(self, statement: _sql.Statement) -> Any:
         try:
-            return await self._conn.fetchval(statement.sql, *statement.args())
+            async with self._turn:
+                return await self._conn.fetchval(statement.sql, *statement.args())
         except (asyncpg.PostgresError, OSError) as error:
             raise driver_error(error, self.config) from error
 

@@ -16,6 +16,8 @@ transaction-scoped and held by an open transaction on a connection of its own.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -31,7 +33,7 @@ from pipeline_db.transfer import _sql
 from pipeline_db.transfer.convert import Dialect
 from pipeline_db.transfer.errors import MigrationError
 from pipeline_db.transfer.layout import TablePlan
-from pipeline_db.transfer.pg_source import connect
+from pipeline_db.transfer.pg_source import connect, create_pool
 from pipeline_db.transfer.progress import Issue, TableProgress, read_settings, settings_row
 from pipeline_db.transfer.source import BatchSizer, Transform, driver_error
 from pipeline_db.transfer.target import (
@@ -44,6 +46,8 @@ from pipeline_db.transfer.target import (
 )
 
 T = TypeVar("T")
+#: Connections for the tables loading at once, their index builds and verifications.
+POOL_SIZE = 6
 #: maintenance_work_mem while indexes are built back after a table's load.
 INDEX_BUILD_MEMORY = "256MB"
 # pg_try_advisory_lock key held while a migration writes ("pdbmig").
@@ -60,15 +64,15 @@ _REFUSALS = (
 
 
 class PostgreSQLTarget:
-    """A PostgreSQL database written with COPY."""
+    """A PostgreSQL database written with COPY, several tables at once."""
 
     dialect: Dialect = "postgresql"
 
     def __init__(self, config: DatabaseConfig) -> None:
         self.config = config
         self.description = config.describe()
-        self._conn: asyncpg.Connection | None = None
-        self._lock: asyncpg.Connection | None = None  # behind PgBouncer
+        self._pool: asyncpg.Pool | None = None
+        self._lock: asyncpg.Connection | None = None
 
     async def inspect(self) -> TargetState:
         """What the database holds (it must exist: pipeline-db does not create databases)."""
@@ -115,24 +119,29 @@ class PostgreSQLTarget:
         await self.reconnect()
 
     async def reconnect(self) -> None:
-        """A fresh copying connection, holding the migration lock."""
-        if self._conn is not None:
-            self._conn.terminate()
-        self._conn = await connect(self.config)
-        if self.config.pgbouncer:
-            await self._hold_lock()
-        elif not await self._run(self._db.fetchval, "SELECT pg_try_advisory_lock($1)", _LOCK_KEY):
-            raise MigrationError(f"another migration is writing into {self.description}")
+        """Fresh copying connections, the migration lock held on a connection of its own."""
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool = None
+        await self._hold_lock()
+        self._pool = await create_pool(self.config, POOL_SIZE)
 
     async def _hold_lock(self) -> None:
-        """Take the lock in a transaction left open on its own connection (kept if alive)."""
+        """Take the lock (kept while its connection lives).
+
+        A session lock; behind PgBouncer, a transaction lock in a transaction
+        left open, which pins one server connection for the whole migration.
+        """
         if self._lock is not None and not self._lock.is_closed():
             return
         self._lock = conn = await connect(self.config)
         try:
-            # Open for the whole migration: exempt it from an idle-in-transaction timeout.
-            await conn.execute("BEGIN; SET LOCAL idle_in_transaction_session_timeout = 0")
-            locked = await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", _LOCK_KEY)
+            if self.config.pgbouncer:
+                # Open for the whole migration: exempt it from an idle-in-transaction timeout.
+                await conn.execute("BEGIN; SET LOCAL idle_in_transaction_session_timeout = 0")
+                locked = await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", _LOCK_KEY)
+            else:
+                locked = await conn.fetchval("SELECT pg_try_advisory_lock($1)", _LOCK_KEY)
         except (asyncpg.PostgresError, OSError) as error:
             conn.terminate()
             raise driver_error(error, self.config) from error
@@ -144,31 +153,31 @@ class PostgreSQLTarget:
         """TRUNCATE the schema's tables (identities restart) and drop any progress."""
         names = [t.name for t in schema.metadata.sorted_tables]
         listed = ", ".join(f'"{name}"' for name in names)
-        await self._run(self._db.execute, f"TRUNCATE TABLE {listed} RESTART IDENTITY CASCADE")
-        for statement in _sql.drop_progress("postgresql"):
-            await self._run(self._db.execute, statement.sql)
+        statements = [f"TRUNCATE TABLE {listed} RESTART IDENTITY CASCADE"]
+        statements += [s.sql for s in _sql.drop_progress("postgresql")]
+        async with self._connection() as db, db.transaction():
+            for statement in statements:
+                await db.execute(statement)
 
     async def start(self, settings: dict[str, Any]) -> tuple[dict[str, Any] | None, list[Any]]:
         """Create the progress tables; return what an earlier run left there."""
-        for statement in _sql.create_progress("postgresql"):
-            await self._run(self._db.execute, statement.sql)
-        rows = [
-            tuple(r) for r in await self._run(self._db.fetch, _sql.read_progress(self.dialect).sql)
-        ]
-        found = read_settings(rows)
-        if found is None:
-            statement = _sql.save_progress(self.dialect)
-            await self._run(
-                self._db.execute, statement.sql, *statement.args(settings_row(settings))
-            )
+        async with self._connection() as db:
+            for statement in _sql.create_progress("postgresql"):
+                await db.execute(statement.sql)
+            rows = [tuple(r) for r in await db.fetch(_sql.read_progress(self.dialect).sql)]
+            found = read_settings(rows)
+            if found is None:
+                save = _sql.save_progress(self.dialect)
+                await db.execute(save.sql, *save.args(settings_row(settings)))
         return found, rows
 
     async def skipped_keys(self) -> dict[str, set[str]]:
         """Keys of the rows left out so far, by table."""
         statement = _sql.read_issues(self.dialect, skipped_only=True)
         found: dict[str, set[str]] = {}
-        for name, key in await self._run(self._db.fetch, statement.sql, *statement.args()):
-            found.setdefault(name, set()).add(key)
+        async with self._connection() as db:
+            for name, key in await db.fetch(statement.sql, *statement.args()):
+                found.setdefault(name, set()).add(key)
         return found
 
     async def write(
@@ -176,21 +185,16 @@ class PostgreSQLTarget:
     ) -> TableProgress:
         """COPY a batch, bisecting it to the refused rows if the server refuses it."""
         started = time.perf_counter()
-        db = self._db
-        try:
-            async with db.transaction():
-                refused = await self._copy(plan, batch.rows, on_error)
-                batch.issues.extend(refused)
-                issues = batch.issues
-                new = after_rejections(state, plan, batch, refused, time.perf_counter() - started)
-                await self._save(new)
-                if issues:
-                    statement = _sql.add_issue(self.dialect)
-                    await db.executemany(
-                        statement.sql, [statement.args(issue.row()) for issue in issues]
-                    )
-        except (asyncpg.PostgresError, OSError) as error:
-            raise driver_error(error, self.config) from error
+        async with self._connection() as db, db.transaction():
+            refused = await self._copy(db, plan, batch.rows, on_error)
+            batch.issues.extend(refused)
+            new = after_rejections(state, plan, batch, refused, time.perf_counter() - started)
+            await _save(db, new)
+            if batch.issues:
+                statement = _sql.add_issue(self.dialect)
+                await db.executemany(
+                    statement.sql, [statement.args(issue.row()) for issue in batch.issues]
+                )
         return new
 
     async def start_table(self, plan: TablePlan, state: TableProgress) -> TableProgress:
@@ -202,110 +206,115 @@ class PostgreSQLTarget:
         """
         if state.done or state.deferred:
             return state
-        db = self._db
-        try:
-            async with db.transaction():
-                indexes = await db.fetch(_sql.set_aside_indexes().sql, plan.name)
-                keys = await db.fetch(_sql.set_aside_foreign_keys().sql, plan.name)
-                for name, _ in keys:
-                    await db.execute(_sql.drop_constraint(plan.name, name).sql)
-                for name, _ in indexes:
-                    await db.execute(_sql.drop_index(name).sql)
-                restore = [_sql.add_constraint(plan.name, n, d).sql for n, d in keys]
-                new = replace(state, deferred=(*restore, *(d for _, d in indexes)))
-                await self._save(new)
-        except (asyncpg.PostgresError, OSError) as error:
-            raise driver_error(error, self.config) from error
+        async with self._connection() as db, db.transaction():
+            indexes = await db.fetch(_sql.set_aside_indexes().sql, plan.name)
+            keys = await db.fetch(_sql.set_aside_foreign_keys().sql, plan.name)
+            for name, _ in keys:
+                await db.execute(_sql.drop_constraint(plan.name, name).sql)
+            for name, _ in indexes:
+                await db.execute(_sql.drop_index(name).sql)
+            restore = [_sql.add_constraint(plan.name, n, d).sql for n, d in keys]
+            new = replace(state, deferred=(*restore, *(d for _, d in indexes)))
+            await _save(db, new)
         return new
 
     async def finish_table(self, plan: TablePlan, state: TableProgress) -> TableProgress:
-        """Mark the table done and build its indexes and foreign keys back, in one go."""
-        new = replace(state, done=True, deferred=())
-        db = self._db
-        try:
+        """Build the indexes and foreign keys back and mark the table done, in one go.
+
+        Statistics are refreshed after (ANALYZE), so the planner knows the
+        loaded table from the first query on.
+        """
+        started = time.perf_counter()
+        async with self._connection() as db:
             async with db.transaction():
                 # Index builds sort in memory this large (the server's, not ours).
                 await db.execute(f"SET LOCAL maintenance_work_mem = '{INDEX_BUILD_MEMORY}'")
                 for statement in state.deferred:
                     await db.execute(statement)
-                await self._save(new)
-        except (asyncpg.PostgresError, OSError) as error:
-            raise driver_error(error, self.config) from error
+                new = replace(
+                    state,
+                    done=True,
+                    deferred=(),
+                    seconds=state.seconds + time.perf_counter() - started,
+                )
+                await _save(db, new)
+            await db.execute(_sql.analyze(plan.name).sql)
         return new
 
     async def finish(self, plans: list[TablePlan], counters: dict[str, int]) -> None:
-        """Move each identity past the source's counter and largest key; ANALYZE."""
-        for plan in plans:
-            if plan.identity:
-                statement = _sql.set_identity(plan)
-                args = statement.args({"floor": counters.get(plan.name, 0)})
-                await self._run(self._db.execute, statement.sql, *args)
-            await self._run(self._db.execute, _sql.analyze(plan.name).sql)
+        """Move each identity past the source's counter and its largest key."""
+        async with self._connection() as db:
+            for plan in plans:
+                if plan.identity:
+                    statement = _sql.set_identity(plan)
+                    args = statement.args({"floor": counters.get(plan.name, 0)})
+                    await db.execute(statement.sql, *args)
 
     async def issues(self) -> AsyncIterator[Issue]:
         """Every recorded issue, in the order found."""
         statement = _sql.read_issues(self.dialect, skipped_only=False)
-        async with self._db.transaction(readonly=True):
-            async for row in self._db.cursor(statement.sql, *statement.args()):
+        async with self._connection() as db, db.transaction(readonly=True):
+            async for row in db.cursor(statement.sql, *statement.args()):
                 yield Issue(*row)
 
     async def complete(self) -> None:
         """Drop the progress tables."""
-        for statement in _sql.drop_progress(self.dialect):
-            await self._run(self._db.execute, statement.sql)
+        async with self._connection() as db:
+            for statement in _sql.drop_progress(self.dialect):
+                await db.execute(statement.sql)
 
     async def scan(
         self, plan: TablePlan, transform: Transform[T], sizer: BatchSizer
     ) -> AsyncIterator[T]:
         """The table's copied columns in no order (verification), in one snapshot."""
         statement = _sql.select_unordered(plan, self.dialect)
-        try:
-            async with self._db.transaction(readonly=True):
-                cursor = await self._db.cursor(statement.sql)
-                while batch := await cursor.fetch(sizer.next):
-                    rows = [tuple(record) for record in batch]
-                    sizer.observe(rows)
-                    yield transform(rows)
-        except (asyncpg.PostgresError, OSError) as error:
-            raise driver_error(error, self.config) from error
+        async with self._connection() as db, db.transaction(readonly=True):
+            cursor = await db.cursor(statement.sql)
+            while batch := await cursor.fetch(sizer.next):
+                sizer.observe(batch)
+                yield transform(batch)
 
     async def close(self) -> None:
-        """Close the copying connection (the lock goes with it, or with its own)."""
-        for conn in (self._conn, self._lock):
-            if conn is not None:
-                try:
-                    await conn.close(timeout=5)
-                except Exception:
-                    conn.terminate()
-        self._conn = self._lock = None
+        """Close every connection (the lock goes with its own)."""
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            try:
+                await asyncio.wait_for(pool.close(), 5)
+            except Exception:
+                pool.terminate()
+        if self._lock is not None:
+            lock, self._lock = self._lock, None
+            try:
+                await lock.close(timeout=5)
+            except Exception:
+                lock.terminate()
 
     # -- helpers ------------------------------------------------------------------
 
-    @property
-    def _db(self) -> asyncpg.Connection:
-        if self._conn is None:
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection; driver errors leave as pipeline-db's."""
+        if self._pool is None:
             raise MigrationError("the target is not open")
-        return self._conn
-
-    async def _run(self, call: Any, *args: Any) -> Any:
         try:
-            return await call(*args)
-        except (asyncpg.PostgresError, OSError) as error:
+            async with self._pool.acquire() as conn:
+                yield conn
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as error:
             raise driver_error(error, self.config) from error
 
-    async def _save(self, state: TableProgress) -> None:
-        statement = _sql.save_progress(self.dialect)
-        await self._db.execute(statement.sql, *statement.args(state.row()))
-
     async def _copy(
-        self, plan: TablePlan, rows: list[tuple[Any, ...]], on_error: OnError
+        self,
+        db: asyncpg.Connection,
+        plan: TablePlan,
+        rows: list[tuple[Any, ...]],
+        on_error: OnError,
     ) -> list[Issue]:
         """COPY rows in a savepoint; on refusal, halve until the refused rows are found."""
         if not rows:
             return []
         try:
-            async with self._db.transaction():
-                await self._db.copy_records_to_table(plan.name, records=rows, columns=plan.names)
+            async with db.transaction():
+                await db.copy_records_to_table(plan.name, records=rows, columns=plan.names)
             return []
         except _REFUSALS as error:
             if len(rows) == 1:
@@ -315,9 +324,14 @@ class PostgreSQLTarget:
                 return [rejected(plan, rows[0], column, _reason(error), on_error)]
         middle = len(rows) // 2
         return [
-            *await self._copy(plan, rows[:middle], on_error),
-            *await self._copy(plan, rows[middle:], on_error),
+            *await self._copy(db, plan, rows[:middle], on_error),
+            *await self._copy(db, plan, rows[middle:], on_error),
         ]
+
+
+async def _save(db: asyncpg.Connection, state: TableProgress) -> None:
+    statement = _sql.save_progress("postgresql")
+    await db.execute(statement.sql, *statement.args(state.row()))
 
 
 def _reason(error: BaseException) -> str:

@@ -59,12 +59,16 @@ class BatchSizer:
         """Learn the rows' width from a sample of the batch just read."""
         if not batch:
             return
-        step = max(1, len(batch) // 32)
-        sample = batch[::step]
-        width = sum(
-            len(v) if isinstance(v, str | bytes) else 8 for row in sample for v in row
-        ) / len(sample)
+        width = average_width(batch[:: max(1, len(batch) // 32)])
         self.next = int(min(self.limit, max(1, self.budget // max(width, 1))))
+
+
+def average_width(rows: Any) -> float:
+    """The average width in bytes of rows (text and BLOBs by length, the rest 8)."""
+    if not rows:
+        return 0.0
+    total = sum(len(v) if isinstance(v, str | bytes) else 8 for row in rows for v in row)
+    return total / len(rows)
 
 
 class Source(Protocol):
@@ -96,6 +100,10 @@ class Source(Protocol):
             sizer: sizes the fetches.
             checked: on SQLite, append a flag per foreign key and CHECK constraint.
         """
+        ...
+
+    async def row_width(self, plan: TablePlan) -> float:
+        """The average width in bytes of the table's first rows (to schedule the copy)."""
         ...
 
     async def null_keys(self, plan: TablePlan) -> list[int]:

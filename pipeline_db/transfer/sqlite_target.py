@@ -245,14 +245,19 @@ class SQLiteTarget:
     async def scan(
         self, plan: TablePlan, transform: Transform[T], sizer: BatchSizer
     ) -> AsyncIterator[T]:
-        """The table's copied columns in no order (verification)."""
+        """The table's copied columns in no order (verification), in one snapshot.
+
+        Read on a connection and thread of their own, while other tables load.
+        """
         statement = _sql.select_unordered(plan, "sqlite")
+        reader = ThreadPoolExecutor(1, thread_name_prefix="pipeline-db-migrate-verify")
+        loop = asyncio.get_running_loop()
 
-        def begin() -> sqlite3.Cursor:
-            self._db.execute("BEGIN")
-            return self._db.execute(statement.sql)
-
-        cursor = await self._call(begin)
+        def begin() -> tuple[sqlite3.Connection, sqlite3.Cursor]:
+            uri = f"{self.path.resolve().as_uri()}?mode=ro"
+            conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+            conn.execute("BEGIN")
+            return conn, conn.execute(statement.sql)
 
         def fetch() -> T | None:
             batch = cursor.fetchmany(sizer.next)
@@ -262,15 +267,16 @@ class SQLiteTarget:
             return transform(batch)
 
         try:
-            while (result := await self._call(fetch)) is not None:
-                yield result
+            conn, cursor = await loop.run_in_executor(reader, begin)
+            try:
+                while (result := await loop.run_in_executor(reader, fetch)) is not None:
+                    yield result
+            finally:
+                await loop.run_in_executor(reader, conn.close)
+        except sqlite3.Error as error:
+            raise driver_error(error, self.config) from error
         finally:
-
-            def end() -> None:
-                cursor.close()
-                self._db.execute("COMMIT")
-
-            await self._call(end)
+            reader.shutdown(wait=False)
 
     async def close_connection(self) -> None:
         """Close the copying connection, if open."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import tzinfo
 
 from pipeline_db.transfer.display import Display
@@ -26,67 +27,65 @@ from pipeline_db.transfer.target import OnError, Target
 _MASK = (1 << 64) - 1
 
 
-async def verify(
-    source: Source,
-    target: Target,
-    plans: list[TablePlan],
-    *,
-    on_error: OnError,
-    zone: tzinfo,
-    skipped: dict[str, set[str]],
-    batch_size: int,
-    display: Display,
-    known: dict[str, tuple[int, int]] | None = None,
-) -> list[TableCheck]:
-    """Compare every table of ``plans`` between source and target.
+@dataclass(frozen=True, slots=True)
+class Verifier:
+    """How to verify tables: the pair, the copy's policy, the rows it left out.
 
-    Args:
-        source: the source (read again).
+    Attributes:
+        source: the source (read again for tables without a known digest).
         target: the target.
-        plans: the tables.
         on_error: the policy the copy ran with (``abort`` reads as ``skip``:
             a copy under abort left out nothing, so no row has a problem).
         zone: the time zone of naive local timestamps.
-        skipped: keys of rows the copy left out, by table.
+        skipped: keys of rows the copy left out, by table (shared, growing).
         batch_size: rows per fetch at most.
         display: told of progress.
-        known: source digests the copy computed from the rows it read, by
-            table; other tables' sources are read again.
-
-    Returns:
-        One check per table, in order.
     """
-    policy: OnError = "repair" if on_error == "repair" else "skip"
-    checks = []
-    known = known or {}
-    for plan in plans:
-        display.log(f"verifying {plan.name}")
+
+    source: Source
+    target: Target
+    on_error: OnError
+    zone: tzinfo
+    skipped: dict[str, set[str]]
+    batch_size: int
+    display: Display
+
+    async def table(self, plan: TablePlan, known: tuple[int, int] | None = None) -> TableCheck:
+        """Compare one table; ``known``: the source digest the copy computed as it read."""
+        self.display.log(f"verifying {plan.name}")
         target_side = _total(
-            target.scan(plan, target_digester(plan, target.dialect), BatchSizer(batch_size))
+            self.target.scan(
+                plan, target_digester(plan, self.target.dialect), BatchSizer(self.batch_size)
+            )
         )
-        if plan.name in known:
-            source_rows, source_sum = known[plan.name]
+        if known is not None:
+            source_rows, source_sum = known
             target_rows, target_sum = await target_side
-            checks.append(_check(plan.name, source_rows, source_sum, target_rows, target_sum))
-            continue
+            return _check(plan.name, source_rows, source_sum, target_rows, target_sum)
         converter = RowConverter(
             plan,
-            source=source.dialect,
-            target=target.dialect,
-            on_error=policy,
-            zone=zone,
+            source=self.source.dialect,
+            target=self.target.dialect,
+            on_error="repair" if self.on_error == "repair" else "skip",
+            zone=self.zone,
             flagged=True,
-            duplicates=await source.duplicates(plan),
-            skipped=skipped,
+            duplicates=await self.source.duplicates(plan),
+            skipped=self.skipped,
         )
         source_side = _total(
-            source.scan(plan, converter.digest, sizer=BatchSizer(batch_size), checked=True)
+            self.source.scan(
+                plan, converter.digest, sizer=BatchSizer(self.batch_size), checked=True
+            )
         )
         (source_rows, source_sum), (target_rows, target_sum) = await asyncio.gather(
             source_side, target_side
         )
-        checks.append(_check(plan.name, source_rows, source_sum, target_rows, target_sum))
-    return checks
+        return _check(plan.name, source_rows, source_sum, target_rows, target_sum)
+
+    async def tables(self, plans: list[TablePlan]) -> list[TableCheck]:
+        """Compare every table, in foreign-key order (a parent's left-out rows leave
+        their children out)."""
+        return [await self.table(plan) for plan in plans]
 
 
 def _check(
