@@ -4,11 +4,18 @@
   consistent snapshot while writers keep writing.
 * PostgreSQL: ``pg_dump --format=custom`` and ``pg_restore`` when they are on
   the PATH; a missing tool is named, and a server newer than the tools is
-  refused before anything is written.
+  refused before anything is written. Behind PgBouncer they connect through
+  ``listen_url``, the direct connection (their session settings would not
+  survive transaction pooling).
 
-Every backup is recorded in ``backup_log`` with its size and SHA-256, and a
-``<file>.sha256`` sidecar travels with it, so ``restore`` can verify the file
-first even when the database it came from is gone.
+A backup is written under a ``.partial`` name and renamed when complete. Every
+backup is recorded in ``backup_log`` with its size and SHA-256, and a
+``<file>.sha256`` sidecar travels with it: ``restore`` checks the file against
+both (either one when the other is missing) before touching the database.
+
+``restore`` refuses a database in use unless forced: PostgreSQL sessions are
+read from ``pg_stat_activity``; SQLite's users from the locks other processes
+hold on the file (``/proc/locks``, WAL mode), or the :func:`serving` lock.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import asyncio
 import contextlib
 import fcntl
 import hashlib
+import logging
 import os
 import re
 import shutil
@@ -27,8 +35,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import text
+from sqlalchemy.engine import make_url
 
+from pipeline_db.backends import _sqlite_locks
 from pipeline_db.database import Database
 from pipeline_db.errors import (
     ConfigurationError,
@@ -36,14 +45,19 @@ from pipeline_db.errors import (
     DatabaseError,
     InvalidInputError,
 )
+from pipeline_db.migrations import status
 from pipeline_db.models import BackupRecord
+from pipeline_db.queries import ops
 from pipeline_db.social import BackupLog
 
 if TYPE_CHECKING:
     from pipeline_db.handlers import JobContext
 
+logger = logging.getLogger("pipeline_db.backup")
+
 CHUNK_BYTES = 1024 * 1024
 SIDECAR = ".sha256"
+PARTIAL = ".partial"
 KEEP_NEWEST = 7
 KEEP_DAYS = 14.0
 
@@ -64,17 +78,25 @@ async def backup(db: Database, *, to: Path | None = None) -> BackupRecord:
     """Take a backup into ``to`` (default: the configuration's ``backup_dir``) and record it.
 
     Raises:
-        BackupError: the tool is missing, too old for the server, or failed.
+        ConfigurationError: pg_dump is missing or older than the server.
+        BackupError: the backup itself failed.
     """
     folder = Path(to or db.config.backup_dir)
     await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
-    if db.dialect == "sqlite":
-        target = folder / f"pipeline-{stamp}.db"
-        await asyncio.to_thread(_sqlite_backup, _sqlite_path(db), target)
-    else:
-        target = folder / f"pipeline-{stamp}.dump"
-        await _pg_dump(db, target)
+    suffix = ".db" if db.dialect == "sqlite" else ".dump"
+    target = folder / f"pipeline-{stamp}{suffix}"
+    # Written under a temporary name: a failed or interrupted backup never
+    # leaves a file that looks like a backup.
+    partial = target.with_name(target.name + PARTIAL)
+    try:
+        if db.dialect == "sqlite":
+            await asyncio.to_thread(_sqlite_backup, _sqlite_path(db), partial)
+        else:
+            await _pg_dump(db, partial)
+        await asyncio.to_thread(partial.rename, target)
+    finally:
+        await asyncio.to_thread(partial.unlink, missing_ok=True)
     path, size, checksum = await asyncio.to_thread(_seal, target)
     return await BackupLog(db).record(path, size=size, checksum=checksum)
 
@@ -85,24 +107,37 @@ async def restore(db: Database, file: Path, *, force: bool = False) -> BackupRec
     Raises:
         InvalidInputError: the file is missing or its checksum does not match.
         ConflictError: the database is being served (other sessions), unless ``force``.
+        ConfigurationError: pg_restore is missing or older than the server.
         BackupError: the restore itself failed.
     """
     file = Path(file)
     if not await asyncio.to_thread(file.is_file):
         raise InvalidInputError(f"backup file {file} does not exist", field="file")
-    expected = await asyncio.to_thread(_recorded_checksum, file)
     actual = await asyncio.to_thread(file_checksum, file)
-    if expected is None:
+    sidecar = await asyncio.to_thread(_recorded_checksum, file)
+    logged = await _logged(db, file)
+    recorded = {f"its {SIDECAR} file": sidecar}
+    if logged is not None and logged.checksum:
+        recorded[f"backup_log entry {logged.id}"] = logged.checksum
+    known = {where: value for where, value in recorded.items() if value}
+    if not known:
         raise InvalidInputError(
-            f"{file} has no {SIDECAR} checksum beside it: refusing an unverifiable restore",
+            f"{file} has no {SIDECAR} checksum beside it and no backup_log entry: "
+            "refusing an unverifiable restore",
             field="file",
         )
-    if actual != expected:
-        raise InvalidInputError(
-            f"{file} is corrupt: its SHA-256 is {actual[:12]}..., recorded {expected[:12]}...",
-            field="file",
-        )
+    for where, expected in known.items():
+        if actual != expected:
+            raise InvalidInputError(
+                f"{file} is corrupt: its SHA-256 is {actual[:12]}..., {where} says "
+                f"{expected[:12]}...",
+                field="file",
+            )
     if not force:
+        if db.dialect == "postgresql":
+            # Our own pool's idle connections are sessions too: close them first.
+            await db.dispose()
+            await db.open()
         others = await other_sessions(db)
         if others:
             raise ConflictError(
@@ -129,7 +164,7 @@ async def prune(
     """
     if keep_newest < 0 or keep_days < 0:
         raise InvalidInputError("keep_newest and keep_days must be >= 0", field="retention")
-    records = await BackupLog(db).list(limit=1000)
+    records = await _all_backups(db)
     cutoff = datetime.now(UTC) - timedelta(days=keep_days)
     doomed = [r for i, r in enumerate(records) if i >= keep_newest and r.created_at < cutoff]
     removed = await asyncio.to_thread(_delete_files, [r.backup_path for r in doomed])
@@ -155,7 +190,7 @@ def serving(db: Database) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _sqlite_in_use(path: Path) -> bool:
+def _sqlite_served(path: Path) -> bool:
     marker = Path(f"{path}.serving")
     if not marker.exists():
         return False
@@ -168,23 +203,26 @@ def _sqlite_in_use(path: Path) -> bool:
     return False
 
 
+def _sqlite_users(path: Path) -> int:
+    # Other processes with the file open are seen through their SQLite locks
+    # (Linux, WAL mode), servers that do not hold serving() included.
+    others = _sqlite_locks.processes_with_open(path) or set()
+    return max(len(others), int(_sqlite_served(path)))
+
+
 async def other_sessions(db: Database) -> int:
     """Sessions using this database besides our own.
 
-    PostgreSQL: other client sessions in ``pg_stat_activity``. SQLite: 1 when
-    some process holds the :func:`serving` lock (a server), else 0.
+    PostgreSQL: other client sessions in ``pg_stat_activity`` (the idle
+    connections of ``db``'s own pool among them). SQLite: other
+    processes that have the database open (seen through their locks in
+    ``/proc/locks``, WAL mode, Linux), or at least 1 when some process holds
+    the :func:`serving` lock.
     """
     if db.dialect != "postgresql":
-        return int(await asyncio.to_thread(_sqlite_in_use, _sqlite_path(db)))
+        return await asyncio.to_thread(_sqlite_users, _sqlite_path(db))
     async with db.connection() as conn:
-        count = await conn.execute(
-            text(
-                "SELECT count(*) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND pid <> pg_backend_pid() "
-                "AND backend_type = 'client backend'"
-            )
-        )
-        value = int(count.scalar_one())
+        value = int((await conn.execute(ops.other_sessions())).scalar_one())
         await conn.rollback()
     return value
 
@@ -223,15 +261,30 @@ def _recorded_checksum(file: Path) -> str | None:
     return found[0] if found else None
 
 
+async def _all_backups(db: Database) -> list[BackupRecord]:
+    async with db.read() as conn:
+        rows = (await conn.execute(ops.backups())).mappings().all()
+    return [BackupRecord.model_validate(row) for row in rows]
+
+
+async def _logged(db: Database, file: Path) -> BackupRecord | None:
+    """The backup_log entry of ``file``, if the database has one (and a schema at all)."""
+    if (await status(db)).current is None:
+        return None  # a fresh database to restore into
+    resolved = str(await asyncio.to_thread(file.resolve))
+    async with db.read() as conn:
+        row = (await conn.execute(ops.backup_by_path(resolved))).mappings().first()
+    return BackupRecord.model_validate(row) if row is not None else None
+
+
 async def _mark_restored(db: Database, file: Path, checksum: str) -> BackupRecord:
     # The restored database predates its own backup's log row: put it back.
     log = BackupLog(db)
-    resolved = await asyncio.to_thread(file.resolve)
-    size = (await asyncio.to_thread(file.stat)).st_size
-    for record in await log.list(limit=1000):
-        if record.backup_path == str(resolved):
-            return await log.mark_restored(record.id)
-    record = await log.record(str(resolved), size=size, checksum=checksum)
+    record = await _logged(db, file)
+    if record is None:
+        size = (await asyncio.to_thread(file.stat)).st_size
+        resolved = str(await asyncio.to_thread(file.resolve))
+        record = await log.record(resolved, size=size, checksum=checksum)
     return await log.mark_restored(record.id)
 
 
@@ -244,7 +297,7 @@ def _sqlite_path(db: Database) -> Path:
 
 def _sqlite_backup(source: Path, target: Path) -> None:
     """Copy ``source`` into ``target`` with SQLite's online backup API."""
-    src = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
+    src = sqlite3.connect(f"{source.resolve().as_uri()}?mode=ro", uri=True)
     try:
         dst = sqlite3.connect(target)
         try:
@@ -266,7 +319,18 @@ def _tool(name: str) -> str:
 
 
 async def _pg_environment(db: Database) -> dict[str, str]:
-    url = db.config.sqlalchemy_url()
+    config = db.config
+    url = config.sqlalchemy_url()
+    if config.pgbouncer and config.listen_url is not None:
+        # pg_dump's session-level SETs (search_path among them) would land on
+        # whichever server connection PgBouncer picks in transaction mode: go direct.
+        url = make_url(config.listen_url.get_secret_value())
+    elif config.pgbouncer:
+        logger.warning(
+            "pgbouncer is on and no listen_url is set: %s runs through PgBouncer, which "
+            "must then be in session pooling mode for it",
+            "pg_dump/pg_restore",
+        )
     env = dict(os.environ)
     env.update(
         {
@@ -274,10 +338,15 @@ async def _pg_environment(db: Database) -> dict[str, str]:
             "PGPORT": str(url.port or 5432),
             "PGDATABASE": url.database or "",
             "PGUSER": url.username or "",
+            "PGAPPNAME": f"{db.config.application_name} backup"[:63],
         }
     )
     if url.password:
         env["PGPASSWORD"] = str(url.password)  # the environment, never the command line
+    for key, variable in (("host", "PGHOST"), ("port", "PGPORT"), ("sslmode", "PGSSLMODE")):
+        value = url.query.get(key)  # ?host=/run/postgresql: a Unix socket
+        if isinstance(value, str):
+            env[variable] = value
     return env
 
 
@@ -289,7 +358,7 @@ async def _check_versions(db: Database, tool: str) -> None:
     match = re.search(r"(\d+)(?:\.(\d+))?", out.decode())
     tool_major = int(match.group(1)) if match else 0
     async with db.connection() as conn:
-        server = int((await conn.execute(text("SHOW server_version_num"))).scalar_one())
+        server = int((await conn.execute(ops.server_version_num())).scalar_one())
         await conn.rollback()
     server_major = server // 10_000
     if server_major > tool_major:

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from pipeline_db.config import (
@@ -55,7 +56,43 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--with-worker", action="store_true", help="also run job runners in each server process"
     )
+    _ops_parsers(commands)
     return parser
+
+
+def _ops_parsers(commands: Any) -> None:
+    backup = commands.add_parser("backup", help="back the database up and record it in backup_log")
+    backup.add_argument("--to", type=Path, help="folder (default: database.backup_dir)")
+    restore = commands.add_parser("restore", help="restore a backup, after verifying its checksum")
+    restore.add_argument("file", type=Path, help="a backup file, its .sha256 beside it")
+    restore.add_argument(
+        "--force", action="store_true", help="even while other sessions use the database"
+    )
+    commands.add_parser("check", help="check the setup: one ok / warn / fail line per check")
+    commands.add_parser("stats", help="rows and sizes per table, episodes, jobs, the pool")
+    commands.add_parser("top", help="slowest statements, connections, sessions waiting on locks")
+
+
+async def _ops_command(args: argparse.Namespace) -> int:
+    from pipeline_db import backup, doctor, reports
+
+    config = load_database_config(args.config)
+    workers = load_server_config(args.config).workers if args.command == "check" else 1
+    async with Database(config) as db:
+        if args.command == "backup":
+            record = await backup.backup(db, to=args.to)
+            print(f"{record.backup_path}: {record.backup_size} bytes, sha256 {record.checksum}")
+        elif args.command == "restore":
+            record = await backup.restore(db, args.file, force=args.force)
+            print(f"restored {record.backup_path} over {config.describe()}")
+        elif args.command == "check":
+            checks = await doctor.run_checks(db, workers=workers)
+            print("\n".join(check.line() for check in checks))
+            return 1 if doctor.failed(checks) else 0
+        else:
+            report = await (reports.stats(db) if args.command == "stats" else reports.top(db))
+            print("\n".join(report.lines()))
+    return 0
 
 
 async def _db_command(args: argparse.Namespace) -> int:
@@ -152,6 +189,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_worker(args))
         if args.command == "migrate":
             return asyncio.run(migrate_command.run(args))
+        if args.command in ("backup", "restore", "check", "stats", "top"):
+            return asyncio.run(_ops_command(args))
         return _serve(args)
     except PipelineDBError as error:
         print(f"pipeline-db: {error.message}", file=sys.stderr)
