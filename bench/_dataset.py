@@ -22,6 +22,7 @@ from typing import Any
 import asyncpg
 
 from pipeline_db._stopwords import ENGLISH_STOP_WORDS
+from pipeline_db.queries.search import rebuild_sqlite_fts
 from pipeline_db.schema import SQLITE_TIMESTAMP_FORMAT, STAGES
 from pipeline_db.search import index_values
 
@@ -208,8 +209,20 @@ def _postgres_rows(
         )
 
 
+# Plain indexes of a table (not those behind a primary key or unique constraint).
+_PG_PLAIN_INDEXES = """
+SELECT i.relname, pg_get_indexdef(i.oid)
+FROM pg_index AS x JOIN pg_class AS i ON i.oid = x.indexrelid
+WHERE x.indrelid = $1::regclass
+  AND NOT EXISTS (SELECT FROM pg_constraint AS c WHERE c.conindid = x.indexrelid)
+"""
+
+
 async def load_postgres(dsn: str, data: Dataset) -> dict[str, float]:
-    """COPY the rows in, then VACUUM (ANALYZE); returns seconds per step."""
+    """COPY each table in, its plain indexes set aside and rebuilt after; VACUUM (ANALYZE).
+
+    Returns seconds per step (a table's includes rebuilding its indexes).
+    """
     sources = {
         "episodes": _postgres_rows(data.episodes, COLUMNS["episodes"]),
         "processing_log": iter(data.log),
@@ -221,9 +234,16 @@ async def load_postgres(dsn: str, data: Dataset) -> dict[str, float]:
         # Rows are valid by construction: skip the per-row foreign-key triggers
         # (this connection's bulk-load setting; it needs a superuser).
         await conn.execute("SET session_replication_role = replica")
+        await conn.execute("SET maintenance_work_mem = '256MB'")
         for name, rows in sources.items():
             started = time.perf_counter()
+            # Built once from sorted input rather than grown row by row: faster.
+            indexes = await conn.fetch(_PG_PLAIN_INDEXES, name)
+            for index, _ in indexes:
+                await conn.execute(f'DROP INDEX "{index}"')
             await conn.copy_records_to_table(name, records=rows, columns=list(COLUMNS[name]))
+            for _, definition in indexes:
+                await conn.execute(definition)
             times[name] = time.perf_counter() - started
         # VACUUM as well as ANALYZE: a fresh COPY leaves the visibility map empty,
         # which autovacuum fills on a live server (on inserts too, since PostgreSQL
@@ -259,9 +279,10 @@ def _sqlite_rows(data: Dataset, name: str) -> Iterator[tuple[Any, ...]]:
 
 
 def load_sqlite(path: str, data: Dataset) -> dict[str, float]:
-    """Insert the rows, a transaction per table, then ANALYZE; returns seconds per step.
+    """Insert each table's rows in a transaction, its indexes and triggers set aside
+    and recreated after (the FTS5 table rebuilt from the index rows); ANALYZE.
 
-    The FTS5 triggers index each metadata row as it is inserted.
+    Returns seconds per step (a table's includes rebuilding its indexes).
     """
     times: dict[str, float] = {}
     conn = sqlite3.connect(path, isolation_level=None)
@@ -271,11 +292,22 @@ def load_sqlite(path: str, data: Dataset) -> dict[str, float]:
         for name, columns in COLUMNS.items():
             started = time.perf_counter()
             conn.execute("BEGIN")
+            aside = conn.execute(
+                "SELECT type, name, sql FROM sqlite_master "
+                "WHERE type IN ('index', 'trigger') AND tbl_name = ? AND sql IS NOT NULL",
+                (name,),
+            ).fetchall()
+            for kind, item, _ in aside:
+                conn.execute(f'DROP {kind} "{item}"')
             conn.executemany(
                 f"INSERT INTO {name} ({', '.join(columns)}) "
                 f"VALUES ({', '.join('?' * len(columns))})",
                 _sqlite_rows(data, name),
             )
+            for _, _, sql in aside:
+                conn.execute(sql)
+            if name == "json_metadata_index":
+                conn.execute(str(rebuild_sqlite_fts()))
             conn.execute("COMMIT")
             times[name] = time.perf_counter() - started
         started = time.perf_counter()
