@@ -96,6 +96,7 @@ class Runner:
         self._active: dict[int, asyncio.Task[None]] = {}
         self._buffer: collections.deque[Job] = collections.deque()
         self._jobs: dict[int, Job] = {}
+        self._cancelling: set[int] = set()  # running jobs whose cancellation was requested
         self._outcomes: list[Outcome] = []
         self._outcome_ready = asyncio.Event()
         self._slot_free = asyncio.Event()
@@ -114,6 +115,7 @@ class Runner:
         """Stop claiming and shut down gracefully (see the module docstring)."""
         self._stopping.set()
         self._wake.set()
+        self._slot_free.set()  # the claim loop may wait for a free slot: stop waiting
 
     async def run(self) -> None:
         """Run until :meth:`stop`; on return every claimed job is finished or handed back."""
@@ -173,6 +175,7 @@ class Runner:
     def _forget(self, job_id: int) -> None:
         self._active.pop(job_id, None)
         self._jobs.pop(job_id, None)
+        self._cancelling.discard(job_id)
         if not self._stopping.is_set():
             self._start_buffered()
         self._slot_free.set()
@@ -186,7 +189,7 @@ class Runner:
                 raise FailJob(f"no handler is registered for job kind {job.kind!r}")
             result = await handler(context)
         except asyncio.CancelledError:
-            if self._stopping.is_set():
+            if self._stopping.is_set() and job.id not in self._cancelling:
                 raise  # handed back by _drain
             self._record(Outcome(job, "cancelled", error="cancelled on request"))
             return
@@ -231,6 +234,11 @@ class Runner:
             batch, self._outcomes = self._outcomes, []
             try:
                 await self._queue.finish(self.worker_id, batch)
+            except asyncio.CancelledError:
+                # run() cancels the flush loop at shutdown, maybe mid-write: keep the
+                # batch for its last _flush (re-recording a committed one is a no-op).
+                self._outcomes[:0] = batch
+                raise
             except PipelineDBError as error:
                 # The jobs stay running under our lease; if we cannot record them
                 # before it expires, the reaper requeues them (at-least-once).
@@ -252,6 +260,7 @@ class Runner:
                 continue
             if cancel | lost:
                 self._drop_buffered(cancel, lost)
+            self._cancelling |= (cancel - lost) & self._active.keys()
             for job_id in cancel | lost:
                 task = self._active.get(job_id)
                 if task is not None:
@@ -308,7 +317,11 @@ class Runner:
         _, pending = await asyncio.wait(
             list(self._active.values()), timeout=self._options.shutdown_grace
         )
-        unfinished = [job_id for job_id, task in self._active.items() if task in pending]
+        unfinished = [
+            job_id
+            for job_id, task in self._active.items()
+            if task in pending and job_id not in self._cancelling
+        ]
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)

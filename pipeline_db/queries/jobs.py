@@ -34,6 +34,8 @@ from pipeline_db.schema import jobs, utc_after, utcnow, webhook_deliveries
 
 JOB_COLUMNS = tuple(jobs.c)
 FINISHED = ("succeeded", "failed", "cancelled")
+CANCELLED_ERROR = "cancelled on request"
+LEASE_EXPIRED_ERROR = "the job's lease expired: its runner stopped heartbeating (killed?)"
 _j = jobs.c
 
 
@@ -195,12 +197,16 @@ def finish() -> Update:
 
 
 @functools.cache
-def requeue() -> Update:
+def requeue() -> ReturningUpdate[Any]:
     """Put a running job of :p_worker_id back in the queue, due in :p_delay seconds.
 
     :p_uncount (0 or 1) takes back the attempt that the claim counted (a job
-    handed back unfinished at shutdown did not really try).
+    handed back unfinished at shutdown did not really try). A job whose
+    cancellation was requested is cancelled instead: the next claim would
+    clear the request and run it again.
     """
+    now = utcnow()
+    cancel = _j.cancel_requested
     return (
         update(jobs)
         .where(
@@ -209,31 +215,37 @@ def requeue() -> Update:
             _j.status == "running",
         )
         .values(
-            status="queued",
+            status=case((cancel, "cancelled"), else_="queued"),
             worker_id=None,
             lease_expires_at=None,
             attempts=_j.attempts - bindparam("p_uncount"),
             run_after=utc_after(bindparam("p_delay", type_=Double())),
-            error=bindparam("p_error"),
+            error=case((cancel, CANCELLED_ERROR), else_=bindparam("p_error")),
             error_traceback=bindparam("p_error_traceback"),
-            updated_at=utcnow(),
+            finished_at=case((cancel, now), else_=None),
+            updated_at=now,
         )
+        .returning(*JOB_COLUMNS)
     )
 
 
 def reap_expired() -> ReturningUpdate[Any]:
-    """Jobs whose lease ran out go back to the queue, or fail when out of attempts."""
+    """Jobs whose lease ran out go back to the queue, or fail when out of attempts.
+
+    A job whose cancellation was requested is cancelled instead (see :func:`requeue`).
+    """
     now = utcnow()
+    cancel = _j.cancel_requested
     exhausted = _j.attempts >= _j.max_attempts
     return (
         update(jobs)
         .where(_j.status == "running", _j.lease_expires_at < now)
         .values(
-            status=case((exhausted, "failed"), else_="queued"),
+            status=case((cancel, "cancelled"), (exhausted, "failed"), else_="queued"),
             worker_id=None,
             lease_expires_at=None,
-            error="the job's lease expired: its runner stopped heartbeating (killed?)",
-            finished_at=case((exhausted, now), else_=None),
+            error=case((cancel, CANCELLED_ERROR), else_=LEASE_EXPIRED_ERROR),
+            finished_at=case((or_(cancel, exhausted), now), else_=None),
             run_after=now,
             updated_at=now,
         )
