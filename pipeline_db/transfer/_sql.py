@@ -50,20 +50,30 @@ _DIALECTS = {
     "postgresql": PGDialect_asyncpg(),  # type: ignore[no-untyped-call]
 }
 
-#: The progress of a migration, kept in the target until it is done (``--resume``).
 progress_metadata = MetaData()
+#: The progress of a migration, kept in the target until it is done (``--resume``):
+#: one record per table (done, DDL set aside) and one for the settings ...
 progress = Table(
     "_pipeline_db_migration",
     progress_metadata,
     Column("table_name", Text, primary_key=True),
+    Column("done", Boolean, nullable=False),
+    Column("deferred", Text, nullable=False),
+    Column("settings", Text),
+)
+#: ... and one per committed batch: the key range it covered and its counts.
+batches = Table(
+    "_pipeline_db_migration_batches",
+    progress_metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("table_name", Text, nullable=False),
+    Column("after_key", Text),
     Column("last_key", Text),
     Column("copied", BigInteger, nullable=False),
     Column("skipped", BigInteger, nullable=False),
     Column("repaired", BigInteger, nullable=False),
     Column("seconds", Double, nullable=False),
-    Column("done", Boolean, nullable=False),
     Column("conversions", Text, nullable=False),
-    Column("deferred", Text, nullable=False),
 )
 #: Every skipped or repaired row, written in the same transaction as its batch.
 issues = Table(
@@ -76,7 +86,7 @@ issues = Table(
     Column("reason", Text, nullable=False),
     Column("action", Text, nullable=False),
 )
-PROGRESS_TABLES = (progress.name, issues.name)
+PROGRESS_TABLES = (progress.name, batches.name, issues.name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,18 +235,41 @@ def drop_progress(dialect: Dialect) -> list[Statement]:
 
 
 def read_progress(dialect: Dialect) -> Statement:
-    """Every table's progress row."""
+    """Every table's record (and the settings')."""
     return render(select(progress), dialect)
 
 
+def read_batches(dialect: Dialect) -> Statement:
+    """Every committed batch's record: table, range, counts."""
+    return render(
+        select(
+            batches.c.table_name,
+            batches.c.after_key,
+            batches.c.last_key,
+            batches.c.copied,
+            batches.c.skipped,
+            batches.c.repaired,
+            batches.c.seconds,
+            batches.c.conversions,
+        ).order_by(batches.c.id),
+        dialect,
+    )
+
+
 def save_progress(dialect: Dialect) -> Statement:
-    """Insert or replace a table's progress row."""
+    """Insert or replace a table's record."""
     values: dict[str, Any] = {c.name: bindparam(c.name) for c in progress.columns}
     statement = insert_for(dialect, progress).values(values)
     changed = {name: statement.excluded[name] for name in values if name != "table_name"}
     return render(
         statement.on_conflict_do_update(index_elements=["table_name"], set_=changed), dialect
     )
+
+
+def add_batch(dialect: Dialect) -> Statement:
+    """Record a committed batch."""
+    names = [c.name for c in batches.columns if c.name != "id"]
+    return render(insert(batches).values({n: bindparam(n) for n in names}), dialect)
 
 
 def add_issue(dialect: Dialect) -> Statement:

@@ -25,7 +25,7 @@ from pipeline_db.transfer.layout import TablePlan
 from pipeline_db.transfer.options import MigrateOptions
 from pipeline_db.transfer.plan import MigrationPlan, discover
 from pipeline_db.transfer.policy import RowConverter
-from pipeline_db.transfer.progress import SETTINGS_ROW, TableProgress
+from pipeline_db.transfer.progress import TableProgress
 from pipeline_db.transfer.report import MigrationReport, TableCheck, TableReport, write_report
 from pipeline_db.transfer.source import BatchSizer, Source, open_source
 from pipeline_db.transfer.target import Batch, Target, TargetState, open_target
@@ -34,7 +34,7 @@ from pipeline_db.transfer.verify import Verifier
 #: Converted batches waiting for the writer of a table, at most.
 QUEUE_DEPTH = 2
 #: Tables loading at the same time.
-TABLES_AT_ONCE = 2
+TABLES_AT_ONCE = 4
 #: Attempts at a table when the target connection is lost, and the pause between them.
 RECONNECT_ATTEMPTS = 5
 RECONNECT_DELAY_S = 2.0
@@ -309,7 +309,7 @@ class _Copier:
     async def _copy(self, plan: TablePlan, state: TableProgress) -> TableProgress:
         if state.done:
             return state
-        fresh = state.last_key is None and state.copied == state.skipped == 0
+        fresh = not state.started
         state = await self.target.start_table(plan, state)
         converter = RowConverter(
             plan,
@@ -320,37 +320,43 @@ class _Copier:
             flagged=True,
             duplicates=await self.source.duplicates(plan),
             skipped=self.skipped,
+            after=state.last_key,
+            committed=state.committed if state.beyond else None,
         )
         last = [time.perf_counter()]
         if fresh:
             nulls = await self.source.null_keys(plan)
             if nulls:
                 state = await self._write(plan, converter.null_keys(nulls), state, last)
-        queue: asyncio.Queue[Batch | None] = asyncio.Queue(QUEUE_DEPTH)
-        after = state.last_key
+        writers = self.target.writers
+        queue: asyncio.Queue[Batch | None] = asyncio.Queue(QUEUE_DEPTH * writers)
         sizer = BatchSizer(self.options.batch_size)
         digest = [0, 0]
         refused = False
 
         async def read() -> None:
-            async for batch in self.source.scan(plan, converter, after=after, sizer=sizer):
+            scan = self.source.scan(plan, converter, after=state.last_key, sizer=sizer)
+            async for batch in scan:
                 await queue.put(batch)
-            await queue.put(None)
+            for _ in range(writers):
+                await queue.put(None)
 
         async def write() -> None:
             nonlocal state, refused
             while (batch := await queue.get()) is not None:
-                skipped_before = state.skipped
-                state = await self._write(plan, batch, state, last)
+                record = await self.target.write(plan, batch, self.options.on_error)
+                state = state.added(record)
+                self._account(plan, batch, last)
                 digest[0] += batch.digest[0]
                 digest[1] += batch.digest[1]
                 # Rows the target refused were counted: that table's source is read again.
-                refused = refused or state.skipped - skipped_before != batch.skipped
+                refused = refused or record.skipped != batch.skipped
 
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(read())
-                group.create_task(write())
+                for _ in range(writers):
+                    group.create_task(write())
         except BaseExceptionGroup as group:
             raise group.exceptions[0] from None
         state = await self.target.finish_table(plan, state)
@@ -361,21 +367,25 @@ class _Copier:
     async def _write(
         self, plan: TablePlan, batch: Batch, state: TableProgress, last: list[float]
     ) -> TableProgress:
-        batch.seconds = time.perf_counter() - last[0]
-        new = await self.target.write(plan, batch, state, self.options.on_error)
-        last[0] = time.perf_counter()
+        record = await self.target.write(plan, batch, self.options.on_error)
+        self._account(plan, batch, last)
+        return state.added(record)
+
+    def _account(self, plan: TablePlan, batch: Batch, last: list[float]) -> None:
+        """After a batch committed: its left-out keys, its time, the display."""
+        now = time.perf_counter()
+        batch.seconds, last[0] = now - last[0], now
         for issue in batch.issues:
             if issue.action == "skipped" and issue.key is not None:
                 self.skipped.setdefault(plan.name, set()).add(issue.key)
         self.display.advance(plan.name, batch.read)
-        return new
 
 
 async def _start(
     target: Target, settings: dict[str, Any], plans: list[TablePlan]
 ) -> tuple[dict[str, TableProgress], bool]:
     """Each table's progress, and whether an earlier run had started (a resume)."""
-    found, rows = await target.start(settings)
+    found, rows, records = await target.start(settings)
     if found is not None and found != settings:
         differing = ", ".join(
             f"{k} {found.get(k)!r} (now {v!r})" for k, v in settings.items() if found.get(k) != v
@@ -384,11 +394,14 @@ async def _start(
             f"the interrupted migration into this target ran with {differing}: resume it "
             "with the same options, or start over with --replace"
         )
-    kinds = {p.name: p.key_kind for p in plans}
-    states = {p.name: TableProgress(p.name) for p in plans}
-    for row in rows:
-        if row[0] != SETTINGS_ROW and row[0] in kinds:
-            states[row[0]] = TableProgress.from_row(row, kinds[row[0]])
+    tables = {row[0]: row[1:] for row in rows}
+    batches: dict[str, list[Any]] = {}
+    for record in records:
+        batches.setdefault(record[0], []).append(record[1:])
+    states = {
+        p.name: TableProgress.read(p.name, tables.get(p.name), batches.get(p.name, []), p.key_kind)
+        for p in plans
+    }
     return states, found is not None
 
 

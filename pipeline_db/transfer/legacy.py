@@ -143,7 +143,7 @@ class SQLiteSource:
         """The average width in bytes of the table's first rows (to schedule the copy)."""
         statement = _sql.first_rows(plan, "sqlite")
         try:
-            rows = await self._call(self._fetcher(statement.sql))
+            rows = await self._call(self._fetcher(statement))
         except PipelineDBError:
             return 0.0  # text that is not UTF-8: the copy reads it leniently
         return average_width(rows)
@@ -159,7 +159,7 @@ class SQLiteSource:
         found: dict[Any, str] = {}
         for columns in plan.uniques:
             statement = _sql.duplicates(plan, columns, "sqlite")
-            rows = await self._call(self._fetcher(statement.sql))
+            rows = await self._call(self._fetcher(statement))
             for key, first in rows:
                 found.setdefault(key, f"duplicate of {plan.key} {first} on ({', '.join(columns)})")
         return found
@@ -173,8 +173,8 @@ class SQLiteSource:
 
     # -- on the reader thread --------------------------------------------------------
 
-    def _fetcher(self, sql: str) -> Callable[[], list[Any]]:
-        return lambda: self._db.execute(sql).fetchall()
+    def _fetcher(self, statement: _sql.Statement) -> Callable[[], list[Any]]:
+        return lambda: self._db.execute(statement.sql, statement.args()).fetchall()
 
     @property
     def _db(self) -> sqlite3.Connection:

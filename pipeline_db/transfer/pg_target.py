@@ -34,20 +34,29 @@ from pipeline_db.transfer.convert import Dialect
 from pipeline_db.transfer.errors import MigrationError
 from pipeline_db.transfer.layout import TablePlan
 from pipeline_db.transfer.pg_source import connect, create_pool
-from pipeline_db.transfer.progress import Issue, TableProgress, read_settings, settings_row
+from pipeline_db.transfer.progress import (
+    BatchRecord,
+    Issue,
+    TableProgress,
+    read_settings,
+    settings_row,
+)
 from pipeline_db.transfer.source import BatchSizer, Transform, driver_error
 from pipeline_db.transfer.target import (
     Batch,
     OnError,
     TargetState,
-    after_rejections,
     constraint_column,
+    record_of,
     rejected,
 )
 
 T = TypeVar("T")
+#: Batches of one table written at once, each on its own connection (PostgreSQL
+#: computes search vectors and parses rows on as many cores).
+WRITERS_PER_TABLE = 2
 #: Connections for the tables loading at once, their index builds and verifications.
-POOL_SIZE = 6
+POOL_SIZE = 10
 #: maintenance_work_mem while indexes are built back after a table's load.
 INDEX_BUILD_MEMORY = "256MB"
 # pg_try_advisory_lock key held while a migration writes ("pdbmig").
@@ -67,6 +76,7 @@ class PostgreSQLTarget:
     """A PostgreSQL database written with COPY, several tables at once."""
 
     dialect: Dialect = "postgresql"
+    writers = WRITERS_PER_TABLE
 
     def __init__(self, config: DatabaseConfig) -> None:
         self.config = config
@@ -159,17 +169,20 @@ class PostgreSQLTarget:
             for statement in statements:
                 await db.execute(statement)
 
-    async def start(self, settings: dict[str, Any]) -> tuple[dict[str, Any] | None, list[Any]]:
-        """Create the progress tables; return what an earlier run left there."""
+    async def start(
+        self, settings: dict[str, Any]
+    ) -> tuple[dict[str, Any] | None, list[Any], list[Any]]:
+        """Create the progress tables; return the settings and records already there."""
         async with self._connection() as db:
             for statement in _sql.create_progress("postgresql"):
                 await db.execute(statement.sql)
             rows = [tuple(r) for r in await db.fetch(_sql.read_progress(self.dialect).sql)]
+            records = [tuple(r) for r in await db.fetch(_sql.read_batches(self.dialect).sql)]
             found = read_settings(rows)
             if found is None:
                 save = _sql.save_progress(self.dialect)
                 await db.execute(save.sql, *save.args(settings_row(settings)))
-        return found, rows
+        return found, rows, records
 
     async def skipped_keys(self) -> dict[str, set[str]]:
         """Keys of the rows left out so far, by table."""
@@ -180,22 +193,21 @@ class PostgreSQLTarget:
                 found.setdefault(name, set()).add(key)
         return found
 
-    async def write(
-        self, plan: TablePlan, batch: Batch, state: TableProgress, on_error: OnError
-    ) -> TableProgress:
+    async def write(self, plan: TablePlan, batch: Batch, on_error: OnError) -> BatchRecord:
         """COPY a batch, bisecting it to the refused rows if the server refuses it."""
         started = time.perf_counter()
         async with self._connection() as db, db.transaction():
             refused = await self._copy(db, plan, batch.rows, on_error)
             batch.issues.extend(refused)
-            new = after_rejections(state, plan, batch, refused, time.perf_counter() - started)
-            await _save(db, new)
+            record = record_of(plan, batch, refused, time.perf_counter() - started)
+            add = _sql.add_batch(self.dialect)
+            await db.execute(add.sql, *add.args(record.row()))
             if batch.issues:
                 statement = _sql.add_issue(self.dialect)
                 await db.executemany(
                     statement.sql, [statement.args(issue.row()) for issue in batch.issues]
                 )
-        return new
+        return record
 
     async def start_table(self, plan: TablePlan, state: TableProgress) -> TableProgress:
         """Set the table's plain indexes and foreign keys aside for the load.
@@ -231,13 +243,10 @@ class PostgreSQLTarget:
                 await db.execute(f"SET LOCAL maintenance_work_mem = '{INDEX_BUILD_MEMORY}'")
                 for statement in state.deferred:
                     await db.execute(statement)
-                new = replace(
-                    state,
-                    done=True,
-                    deferred=(),
-                    seconds=state.seconds + time.perf_counter() - started,
-                )
-                await _save(db, new)
+                await _save(db, replace(state, done=True, deferred=()))
+            new = replace(
+                state, done=True, deferred=(), seconds=state.seconds + time.perf_counter() - started
+            )
             await db.execute(_sql.analyze(plan.name).sql)
         return new
 
@@ -331,7 +340,7 @@ class PostgreSQLTarget:
 
 async def _save(db: asyncpg.Connection, state: TableProgress) -> None:
     statement = _sql.save_progress("postgresql")
-    await db.execute(statement.sql, *statement.args(state.row()))
+    await db.execute(statement.sql, *statement.args(state.table_row()))
 
 
 def _reason(error: BaseException) -> str:

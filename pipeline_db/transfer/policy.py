@@ -56,6 +56,8 @@ class RowConverter:
         flagged: bool,
         duplicates: dict[Any, str] | None = None,
         skipped: dict[str, set[str]] | None = None,
+        after: Any = None,
+        committed: Callable[[Any], bool] | None = None,
     ) -> None:
         """Prepare the table's decoders.
 
@@ -69,6 +71,8 @@ class RowConverter:
             duplicates: keys of rows repeating a unique value, with why.
             skipped: keys of rows left out so far, by table (their children are orphans;
                 rows of this table among them are left out again).
+            after: the key the first batch reads after (batches record their ranges).
+            committed: tells keys of rows an interrupted run wrote already (left out).
         """
         self.plan = plan
         self.on_error = on_error
@@ -97,6 +101,7 @@ class RowConverter:
         ]
         self._encoders = [column_encoder(c.kind, target) for c in plan.columns]
         self._kinds = [c.kind for c in plan.columns]
+        self._rows_hash_as_is = not any(self._encoders) and "json" not in self._kinds
         self._width = len(plan.columns)
         self._key = plan.key_index
         self._flagged = flagged and bool(plan.parents or plan.checks)
@@ -104,6 +109,8 @@ class RowConverter:
         self._skipped = skipped if skipped is not None else {}
         names = plan.names
         self._links = [(names.index(link.column), link) for link in plan.parents]
+        self._after = after
+        self._committed = committed
 
     def __call__(self, rows: list[Row]) -> Batch:
         """Convert a batch of source rows into a :class:`Batch` for the target.
@@ -111,12 +118,20 @@ class RowConverter:
         The batch also carries the digest of what it should put in the target
         (the source side of the verification).
         """
-        batch = Batch(rows=[], last_key=rows[-1][self._key] if rows else None, read=len(rows))
+        last_key = rows[-1][self._key] if rows else None
+        batch = Batch(rows=[], last_key=last_key, after_key=self._after, read=len(rows))
+        self._after = last_key
+        if self._committed is not None:
+            committed, key = self._committed, self._key
+            rows = [row for row in rows if not committed(row[key])]
         typed, canonical = self._convert(rows, batch)
-        batch.digest = digest_of(canonical)
         if typed and typed[0]:
             encoded = [e(c) if e else c for e, c in zip(self._encoders, typed, strict=True)]
             batch.rows = list(zip(*encoded, strict=True))
+            if self._rows_hash_as_is:  # the rows are the typed values: hash them directly
+                batch.digest = len(batch.rows), sum(map(hash, batch.rows)) & _MASK
+            else:
+                batch.digest = digest_of(canonical)
         batch.conversions = self._take_counts()
         return batch
 
@@ -154,7 +169,9 @@ class RowConverter:
                 counts.clear()
                 counts.update(saved[name])
         kept = self._typed(rows, batch)
-        typed: Columns = [list(c) for c in zip(*kept, strict=True)] if kept else []
+        if not kept:
+            return [], []
+        typed: Columns = [list(c) for c in zip(*kept, strict=True)]
         canonical = [canonical_column(k, c) for k, c in zip(self._kinds, typed, strict=True)]
         return typed, canonical
 
@@ -317,10 +334,14 @@ def target_digester(plan: TablePlan, dialect: Dialect) -> Digester:
         for k in kinds
     ]
     slow = [decoder(k, source=dialect, target=dialect, nullable=True) for k in kinds]
+    # asyncpg hands typed values (a Record hashes as the tuple of its values).
+    as_is = dialect == "postgresql" and "json" not in kinds
 
     def digest(rows: list[Row]) -> tuple[int, int]:
         if not rows:
             return 0, 0
+        if as_is:
+            return len(rows), sum(map(hash, rows)) & _MASK
         typed: Columns = []
         for decode, one, values in zip(fast, slow, zip(*rows, strict=True), strict=True):
             converted = decode(values)

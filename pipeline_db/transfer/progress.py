@@ -1,16 +1,20 @@
-"""How far a migration got, per table, kept in the target so ``--resume`` can finish it.
+"""How far a migration got, kept in the target so ``--resume`` can finish it.
 
-Each batch of rows is written in one transaction together with its table's
-progress row (the last key copied, the counts) and the issues found in it,
-so after a crash (Ctrl-C, SIGKILL, the target restarting) the target holds
-exactly the batches that committed and knows where the next one starts: a
-rerun continues after that key, with no duplicate and no missing row. The
-progress tables are dropped once the migration is verified, leaving exactly
-the schema Alembic makes.
+Every batch of rows commits in one transaction with a record of itself: the
+key range it covered (after the previous batch's last key, up to its own),
+its counts, and the issues found in it. Several batches of a table may be
+written at once and commit out of order; the records still say exactly which
+rows the target holds. After a crash (Ctrl-C, SIGKILL, the target
+restarting) a rerun continues after the end of the unbroken chain of
+committed ranges from the table's start, leaving out the rows of ranges
+committed beyond it: no duplicate and no missing row. A table's own record
+says when it is done and what DDL it set aside. The progress tables are
+dropped once the migration is verified, leaving exactly Alembic's schema.
 """
 
 from __future__ import annotations
 
+import bisect
 import json
 from collections import Counter
 from dataclasses import dataclass, field, replace
@@ -18,7 +22,7 @@ from typing import Any
 
 from pipeline_db.transfer.convert import Kind
 
-#: The progress row that holds the migration's own settings.
+#: The table record that holds the migration's own settings.
 SETTINGS_ROW = "*"
 
 
@@ -52,12 +56,52 @@ class Issue:
 
 
 @dataclass(frozen=True, slots=True)
+class BatchRecord:
+    """What one committed batch did.
+
+    Attributes:
+        table: the table.
+        after_key: the key the batch read after (None: from the start).
+        last_key: the last key it read (None: a batch of rows with no key).
+        copied: rows written.
+        skipped: rows left out.
+        repaired: rows written with a repair.
+        seconds: wall time it took.
+        conversions: per column, how many values each conversion applied to.
+    """
+
+    table: str
+    after_key: Any
+    last_key: Any
+    copied: int
+    skipped: int
+    repaired: int
+    seconds: float
+    conversions: dict[str, Counter[str]]
+
+    def row(self) -> dict[str, Any]:
+        """The record as a row of the batches table."""
+        return {
+            "table_name": self.table,
+            "after_key": None if self.after_key is None else str(self.after_key),
+            "last_key": None if self.last_key is None else str(self.last_key),
+            "copied": self.copied,
+            "skipped": self.skipped,
+            "repaired": self.repaired,
+            "seconds": self.seconds,
+            "conversions": json.dumps(self.conversions, sort_keys=True),
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class TableProgress:
-    """A table's progress, as committed with its last batch.
+    """A table's progress, from the records that committed.
 
     Attributes:
         name: the table.
-        last_key: the largest key copied or passed over (None: not started).
+        last_key: where the unbroken chain of committed ranges ends (None: at the start).
+        beyond: ranges ``(after, last]`` committed past that end, sorted.
+        started: whether any batch committed.
         copied: rows written to the target.
         skipped: rows left out.
         repaired: rows written with a repair.
@@ -70,6 +114,8 @@ class TableProgress:
 
     name: str
     last_key: Any = None
+    beyond: tuple[tuple[Any, Any], ...] = ()
+    started: bool = False
     copied: int = 0
     skipped: int = 0
     repaired: int = 0
@@ -78,74 +124,89 @@ class TableProgress:
     conversions: dict[str, Counter[str]] = field(default_factory=dict)
     deferred: tuple[str, ...] = ()
 
-    def advanced(
-        self,
-        *,
-        last_key: Any,
-        copied: int,
-        skipped: int,
-        repaired: int,
-        seconds: float,
-        conversions: dict[str, Counter[str]],
-        done: bool = False,
-    ) -> TableProgress:
-        """The progress after one more batch."""
+    def added(self, record: BatchRecord) -> TableProgress:
+        """The progress with one more committed batch (its counts; the chain is read back)."""
         merged = {c: Counter(n) for c, n in self.conversions.items()}
-        for column, counts in conversions.items():
+        for column, counts in record.conversions.items():
             merged.setdefault(column, Counter()).update(counts)
         return replace(
             self,
-            last_key=self.last_key if last_key is None else last_key,
-            copied=self.copied + copied,
-            skipped=self.skipped + skipped,
-            repaired=self.repaired + repaired,
-            seconds=self.seconds + seconds,
-            done=done,
+            started=True,
+            copied=self.copied + record.copied,
+            skipped=self.skipped + record.skipped,
+            repaired=self.repaired + record.repaired,
+            seconds=self.seconds + record.seconds,
             conversions=merged,
         )
 
-    def row(self) -> dict[str, Any]:
-        """The progress as a row of the progress table."""
+    def committed(self, key: Any) -> bool:
+        """Whether a key past the chain's end lies in a range that committed already."""
+        index = bisect.bisect_left(self.beyond, (key,)) - 1  # the last range starting below
+        return index >= 0 and self.beyond[index][0] < key <= self.beyond[index][1]
+
+    def table_row(self) -> dict[str, Any]:
+        """The table's own record: done, and the DDL set aside."""
         return {
             "table_name": self.name,
-            "last_key": None if self.last_key is None else str(self.last_key),
-            "copied": self.copied,
-            "skipped": self.skipped,
-            "repaired": self.repaired,
-            "seconds": self.seconds,
             "done": self.done,
-            "conversions": json.dumps(self.conversions, sort_keys=True),
             "deferred": json.dumps(list(self.deferred)),
+            "settings": None,
         }
 
     @classmethod
-    def from_row(cls, row: Any, key_kind: Kind) -> TableProgress:
-        """Read a progress row back, the key in its column's type."""
-        (name, last_key, copied, skipped, repaired, seconds, done, conversions, deferred) = row
-        if last_key is not None and key_kind != "text":
-            last_key = int(last_key)
+    def read(
+        cls, name: str, table_row: Any | None, batch_rows: list[Any], key_kind: Kind
+    ) -> TableProgress:
+        """The progress of a table from its record and its batches' records."""
+
+        def key(text: Any) -> Any:
+            return text if text is None or key_kind == "text" else int(text)
+
+        counts: Counter[str] = Counter()
+        conversions: dict[str, Counter[str]] = {}
+        ranges: dict[Any, Any] = {}
+        for after, last, copied, skipped, repaired, seconds, converted in batch_rows:
+            counts.update(copied=copied, skipped=skipped, repaired=repaired)
+            counts["microseconds"] += int(seconds * 1e6)
+            for column, n in json.loads(converted).items():
+                conversions.setdefault(column, Counter()).update(n)
+            if last is not None:
+                ranges[key(after)] = key(last)
+        end = None
+        while end in ranges:
+            end = ranges.pop(end)
+        done, deferred = (
+            (bool(table_row[0]), tuple(json.loads(table_row[1]))) if table_row else (False, ())
+        )
         return cls(
             name=name,
-            last_key=last_key,
-            copied=int(copied),
-            skipped=int(skipped),
-            repaired=int(repaired),
-            seconds=float(seconds),
-            done=bool(done),
-            conversions={c: Counter(n) for c, n in json.loads(conversions).items()},
-            deferred=tuple(json.loads(deferred)),
+            last_key=end,
+            beyond=tuple(sorted(ranges.items())),
+            started=bool(batch_rows),
+            copied=counts["copied"],
+            skipped=counts["skipped"],
+            repaired=counts["repaired"],
+            seconds=counts["microseconds"] / 1e6,
+            done=done,
+            conversions=conversions,
+            deferred=deferred,
         )
 
 
 def settings_row(settings: dict[str, Any]) -> dict[str, Any]:
-    """The progress row holding a migration's settings (checked on ``--resume``)."""
-    return TableProgress(SETTINGS_ROW, json.dumps(settings, sort_keys=True)).row()
+    """The record holding a migration's settings (checked on ``--resume``)."""
+    return {
+        "table_name": SETTINGS_ROW,
+        "done": False,
+        "deferred": "[]",
+        "settings": json.dumps(settings, sort_keys=True),
+    }
 
 
 def read_settings(rows: list[Any]) -> dict[str, Any] | None:
-    """The settings a migration in progress was started with, if any."""
+    """The settings a migration in progress was started with, if any (from table records)."""
     for row in rows:
-        if row[0] == SETTINGS_ROW and row[1] is not None:
-            settings: dict[str, Any] = json.loads(row[1])
+        if row[0] == SETTINGS_ROW and row[3] is not None:
+            settings: dict[str, Any] = json.loads(row[3])
             return settings
     return None

@@ -30,13 +30,19 @@ from pipeline_db.transfer import _sql
 from pipeline_db.transfer.convert import Dialect
 from pipeline_db.transfer.errors import MigrationError
 from pipeline_db.transfer.layout import TablePlan
-from pipeline_db.transfer.progress import Issue, TableProgress, read_settings, settings_row
+from pipeline_db.transfer.progress import (
+    BatchRecord,
+    Issue,
+    TableProgress,
+    read_settings,
+    settings_row,
+)
 from pipeline_db.transfer.source import BatchSizer, Transform, driver_error
 from pipeline_db.transfer.target import (
     Batch,
     OnError,
     TargetState,
-    after_rejections,
+    record_of,
     rejected,
 )
 
@@ -51,6 +57,7 @@ class SQLiteTarget:
     """A SQLite file written with executemany."""
 
     dialect: Dialect = "sqlite"
+    writers = 1  # SQLite has one write lock
 
     def __init__(self, config: DatabaseConfig) -> None:
         self.config = config
@@ -130,19 +137,22 @@ class SQLiteTarget:
 
         await self._call(work)
 
-    async def start(self, settings: dict[str, Any]) -> tuple[dict[str, Any] | None, list[Any]]:
-        """Create the progress tables; return what an earlier run left there."""
+    async def start(
+        self, settings: dict[str, Any]
+    ) -> tuple[dict[str, Any] | None, list[Any], list[Any]]:
+        """Create the progress tables; return the settings and records already there."""
 
-        def work() -> tuple[dict[str, Any] | None, list[Any]]:
+        def work() -> tuple[dict[str, Any] | None, list[Any], list[Any]]:
             db = self._db
             for statement in _sql.create_progress("sqlite"):
                 db.execute(statement.sql)
             rows = db.execute(_sql.read_progress("sqlite").sql).fetchall()
+            records = db.execute(_sql.read_batches("sqlite").sql).fetchall()
             found = read_settings(rows)
             if found is None:
                 statement = _sql.save_progress("sqlite")
                 db.execute(statement.sql, statement.args(settings_row(settings)))
-            return found, rows
+            return found, rows, records
 
         return await self._call(work)
 
@@ -157,31 +167,28 @@ class SQLiteTarget:
             found.setdefault(name, set()).add(key)
         return found
 
-    async def write(
-        self, plan: TablePlan, batch: Batch, state: TableProgress, on_error: OnError
-    ) -> TableProgress:
-        """Insert a batch and its progress in one transaction, bisecting refusals."""
+    async def write(self, plan: TablePlan, batch: Batch, on_error: OnError) -> BatchRecord:
+        """Insert a batch, its record and its issues in one transaction, bisecting refusals."""
         insert = _sql.insert_rows(plan)
-        add = _sql.add_issue("sqlite")
-        save = _sql.save_progress("sqlite")
+        add_issue = _sql.add_issue("sqlite")
+        add_batch = _sql.add_batch("sqlite")
 
-        def work() -> TableProgress:
+        def work() -> BatchRecord:
             started = time.perf_counter()
             db = self._db
             db.execute("BEGIN IMMEDIATE")
             try:
                 refused = self._insert(db, plan, insert.sql, batch.rows, on_error)
-                new = after_rejections(state, plan, batch, refused, time.perf_counter() - started)
-                db.execute(save.sql, save.args(new.row()))
+                record = record_of(plan, batch, refused, time.perf_counter() - started)
+                db.execute(add_batch.sql, add_batch.args(record.row()))
                 batch.issues.extend(refused)
-                issues = batch.issues
-                db.executemany(add.sql, [add.args(issue.row()) for issue in issues])
+                db.executemany(add_issue.sql, [add_issue.args(i.row()) for i in batch.issues])
                 db.execute("COMMIT")
             except BaseException:
                 if db.in_transaction:
                     db.execute("ROLLBACK")
                 raise
-            return new
+            return record
 
         return await self._call(work)
 
@@ -193,7 +200,7 @@ class SQLiteTarget:
         """Mark the table done."""
         new = replace(state, done=True)
         statement = _sql.save_progress("sqlite")
-        await self._call(lambda: self._db.execute(statement.sql, statement.args(new.row())))
+        await self._call(lambda: self._db.execute(statement.sql, statement.args(new.table_row())))
         return new
 
     async def finish(self, plans: list[TablePlan], counters: dict[str, int]) -> None:

@@ -18,7 +18,7 @@ from pipeline_db.config import DatabaseConfig
 from pipeline_db.transfer.convert import Dialect
 from pipeline_db.transfer.errors import RowRejectedError
 from pipeline_db.transfer.layout import TablePlan
-from pipeline_db.transfer.progress import Issue, TableProgress
+from pipeline_db.transfer.progress import BatchRecord, Issue, TableProgress
 from pipeline_db.transfer.source import BatchSizer, Transform
 
 T = TypeVar("T")
@@ -31,6 +31,7 @@ class Batch:
 
     Attributes:
         rows: the rows, in the target's storage format, in key order.
+        after_key: the key the batch read after (None: the table's start).
         last_key: the largest key read (copied or not).
         issues: skipped and repaired rows.
         skipped: rows left out.
@@ -43,6 +44,7 @@ class Batch:
 
     rows: list[tuple[Any, ...]]
     last_key: Any
+    after_key: Any = None
     issues: list[Issue] = field(default_factory=list)
     skipped: int = 0
     repaired: set[Any] = field(default_factory=set)
@@ -74,6 +76,8 @@ class Target(Protocol):
 
     dialect: Dialect
     description: str
+    #: Batches of one table written at once (PostgreSQL: several connections).
+    writers: int
 
     async def inspect(self) -> TargetState:
         """What the target holds, without changing it."""
@@ -87,18 +91,18 @@ class Target(Protocol):
         """Delete every row of the schema's tables and any migration progress (``--replace``)."""
         ...
 
-    async def start(self, settings: dict[str, Any]) -> tuple[dict[str, Any] | None, list[Any]]:
-        """Create the progress tables; return the settings and progress rows already there."""
+    async def start(
+        self, settings: dict[str, Any]
+    ) -> tuple[dict[str, Any] | None, list[Any], list[Any]]:
+        """Create the progress tables; return the settings, table and batch records there."""
         ...
 
     async def skipped_keys(self) -> dict[str, set[str]]:
         """Keys of the rows left out so far, by table."""
         ...
 
-    async def write(
-        self, plan: TablePlan, batch: Batch, state: TableProgress, on_error: OnError
-    ) -> TableProgress:
-        """Write a batch and its progress in one transaction; return the new progress.
+    async def write(self, plan: TablePlan, batch: Batch, on_error: OnError) -> BatchRecord:
+        """Write a batch, its record and its issues in one transaction; return the record.
 
         Raises:
             RowRejectedError: the database refused a row and ``on_error`` is abort.
@@ -166,13 +170,13 @@ def rejected(
     return Issue(plan.name, str(key), column, f"the target refused it: {reason}", "skipped")
 
 
-def after_rejections(
-    state: TableProgress, plan: TablePlan, batch: Batch, refused: list[Issue], seconds: float
-) -> TableProgress:
-    """The progress after a batch of which the database refused some rows."""
+def record_of(plan: TablePlan, batch: Batch, refused: list[Issue], seconds: float) -> BatchRecord:
+    """The record of a batch of which the database refused ``refused`` rows."""
     refused_keys = {issue.key for issue in refused}
     unrepaired = sum(1 for key in batch.repaired if str(key) in refused_keys)
-    return state.advanced(
+    return BatchRecord(
+        table=plan.name,
+        after_key=batch.after_key,
         last_key=batch.last_key,
         copied=len(batch.rows) - len(refused),
         skipped=batch.skipped + len(refused),

@@ -511,14 +511,17 @@ async def test_passwords_are_never_echoed(tmp_path: Path, pg_database: Config) -
 async def _progress(config: DatabaseConfig, table: str) -> tuple[int, bool] | None:
     conn = await asyncpg.connect(admin_dsn(make_url(pg_url(config)).database))
     try:
-        row = await conn.fetchrow(
-            "SELECT copied, done FROM _pipeline_db_migration WHERE table_name = $1", table
+        copied = await conn.fetchval(
+            "SELECT sum(copied) FROM _pipeline_db_migration_batches WHERE table_name = $1", table
+        )
+        done = await conn.fetchval(
+            "SELECT done FROM _pipeline_db_migration WHERE table_name = $1", table
         )
     except asyncpg.UndefinedTableError:
         return None
     finally:
         await conn.close()
-    return None if row is None else (int(row[0]), bool(row[1]))
+    return None if copied is None else (int(copied), bool(done))
 
 
 @pytest.mark.slow
@@ -584,3 +587,51 @@ async def test_sigkill_during_the_largest_table_then_resume(
     keys = [(i["table"], i["key"], i["column"]) for i in report["issues"]]
     assert len(keys) == len(set(keys))  # each bad row listed once, resume or not
     assert sha256(source) == before
+    fresh = await pg_database()
+    async with Database(fresh) as db:
+        await upgrade(db)
+    assert await _pg_schema(pg) == await _pg_schema(fresh)  # indexes set aside came back
+
+
+class Crash(Exception):
+    """The migrating process dies here."""
+
+
+async def test_resume_after_batches_committed_out_of_order(
+    tmp_path: Path, pg_database: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two writers per table: batch 4 commits, batch 3 never does; resume fills the gap only."""
+    from pipeline_db.transfer.pg_target import PostgreSQLTarget
+
+    source, data = legacy(tmp_path, 2)
+    pg = await pg_database()
+    original = PostgreSQLTarget.write
+    fourth = asyncio.Event()
+    calls = 0
+
+    async def crash_before_the_third(self: Any, plan: Any, batch: Any, on_error: Any) -> Any:
+        nonlocal calls
+        if plan.name != "processing_log":
+            return await original(self, plan, batch, on_error)
+        calls += 1
+        if calls == 3:
+            await asyncio.wait_for(fourth.wait(), 30)
+            raise Crash  # the process dies with batch 3 uncommitted
+        record = await original(self, plan, batch, on_error)
+        if calls == 4:
+            fourth.set()
+        return record
+
+    monkeypatch.setattr(PostgreSQLTarget, "write", crash_before_the_third)
+    with pytest.raises(Crash):
+        await run(sqlite_config(source), pg, options(tmp_path, on_error="repair", batch_size=20))
+    monkeypatch.setattr(PostgreSQLTarget, "write", original)
+    copied = await _progress(pg, "processing_log")
+    assert copied is not None and copied[0] == 3 * 20  # batches 1, 2 and 4
+
+    report = await run(
+        sqlite_config(source), pg, options(tmp_path, on_error="repair", batch_size=20, resume=True)
+    )
+
+    assert report.verified
+    assert_holds(await snapshot(pg), data.expected("repair"))
