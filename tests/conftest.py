@@ -157,3 +157,27 @@ async def db(make_config: Callable[..., DatabaseConfig]) -> AsyncIterator[Databa
     """An open `Database` on a fresh, migrated database of the backend under test."""
     async with Database(make_config()) as database:
         yield database
+
+
+# -- PgBouncer (issue 7): a real one in transaction mode, for tests/integration/test_pgbouncer.py
+
+
+@pytest.fixture(scope="session")
+def pgbouncer(
+    postgres_template: str | None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Any]:
+    """A PgBouncer in transaction pooling mode in front of the test server, for the session.
+
+    Yields a ``tests.integration._pgbouncer.PgBouncer``. Skips when PostgreSQL
+    or the ``pgbouncer`` binary is missing; under ``CI=true`` fails instead.
+    """
+    from tests.integration import _pgbouncer
+
+    if postgres_template is None:
+        pytest.skip("PostgreSQL is unreachable (set PIPELINE_TEST_POSTGRES_URL)")
+    if _pgbouncer.executable() is None:
+        if IN_CI:
+            pytest.fail("CI=true and pgbouncer is not installed (.ci/run installs it)")
+        pytest.skip("pgbouncer is not installed (apt-get install pgbouncer)")
+    with _pgbouncer.running(tmp_path_factory.mktemp("pgbouncer"), ADMIN_URL) as bouncer:
+        yield bouncer

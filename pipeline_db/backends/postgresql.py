@@ -1,17 +1,36 @@
-"""PostgreSQL through asyncpg: engine, error classification, transactions."""
+"""PostgreSQL through asyncpg: engine, error classification, transactions.
+
+Behind PgBouncer in transaction pooling mode (``pgbouncer: true``) each
+transaction may run on another server connection, so nothing may outlive one:
+
+* statements are prepared unnamed, with asyncpg's and SQLAlchemy's statement
+  caches off. asyncpg sends Parse/Describe with Flush, not Sync, so the
+  statement and its execution stay on one server connection even outside a
+  transaction; a named statement is closed later, in a batch that PgBouncer
+  may send to another server connection ("prepared statement ... does not
+  exist", and the statement leaks where it was made);
+* ``statement_timeout`` and ``idle_in_transaction_session_timeout`` are not
+  startup parameters (PgBouncer refuses those it does not track, SQLSTATE
+  08P01) but ``set_config(..., true)`` at the start of each transaction, which
+  costs one statement per transaction: set them to 0 here and on the role
+  (``ALTER ROLE ... SET``) to save it. With a ``statement_timeout``,
+  autocommit work runs in a transaction so that the timeout applies to it;
+* LISTEN needs a session of its own: it goes to ``listen_url``, directly to
+  PostgreSQL, or is off (the job runners poll; a warning says so once).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Literal, TypeVar
 
 import asyncpg
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.sql.elements import TextClause
 from sqlalchemy.util import greenlet_spawn
 
 from pipeline_db._json import dumps, loads
@@ -37,11 +56,22 @@ _INVALID = {"23502": "not_null", "23514": "check"}
 _CONFIG_CLASSES = {"28": "authentication", "3D": "database"}
 
 
-def _prepared_statement_name() -> str:
-    # Unique names: behind PgBouncer in transaction mode a name prepared on one
-    # server connection must never be reused on another (SQLAlchemy asyncpg docs,
-    # "Prepared Statement Name with PGBouncer").
-    return f"__pdb_{uuid.uuid4().hex}__"
+def _session_settings(config: DatabaseConfig) -> dict[str, str]:
+    """The settings every session gets, beside ``application_name``."""
+    settings = {}
+    if config.statement_timeout:
+        settings["statement_timeout"] = str(config.statement_timeout)
+    if config.idle_in_transaction_session_timeout:
+        settings["idle_in_transaction_session_timeout"] = str(
+            config.idle_in_transaction_session_timeout
+        )
+    return settings
+
+
+def _set_local(settings: dict[str, str]) -> TextClause:
+    """One statement that applies ``settings`` until the end of the transaction."""
+    calls = ", ".join(f"set_config('{name}', '{value}', true)" for name, value in settings.items())
+    return text(f"SELECT {calls}")
 
 
 class PostgreSQLBackend:
@@ -52,26 +82,29 @@ class PostgreSQLBackend:
 
     def __init__(self) -> None:
         self._warned_polling = False
+        # Behind PgBouncer: the statement run first in every transaction, and
+        # whether autocommit work needs a transaction for it (statement_timeout).
+        self._per_transaction: TextClause | None = None
+        self._no_autocommit = False
 
     def create_engine(self, config: DatabaseConfig) -> AsyncEngine:
-        """Build an asyncpg-backed engine with the configured pool and server settings."""
+        """Build an asyncpg-backed engine with the configured pool and server settings.
+
+        With ``pgbouncer``, see the module docstring.
+        """
         server_settings = {"application_name": config.application_name}
-        if config.statement_timeout:
-            server_settings["statement_timeout"] = str(config.statement_timeout)
-        if config.idle_in_transaction_session_timeout:
-            server_settings["idle_in_transaction_session_timeout"] = str(
-                config.idle_in_transaction_session_timeout
-            )
-        connect_args: dict[str, Any] = {
-            "timeout": config.connection_timeout,
-            "server_settings": server_settings,
-        }
+        settings = _session_settings(config)
+        connect_args: dict[str, Any] = {"timeout": config.connection_timeout}
         if config.pgbouncer:
-            connect_args |= {
-                "statement_cache_size": 0,
-                "prepared_statement_cache_size": 0,
-                "prepared_statement_name_func": _prepared_statement_name,
-            }
+            # No prepared_statement_name_func (SQLAlchemy's docs suggest unique names
+            # against name clashes): any name makes a named statement, which fails
+            # outside transactions (module docstring; test_pgbouncer.py shows it).
+            connect_args |= {"statement_cache_size": 0, "prepared_statement_cache_size": 0}
+            self._per_transaction = _set_local(settings) if settings else None
+            self._no_autocommit = "statement_timeout" in settings
+        else:
+            server_settings |= settings
+        connect_args["server_settings"] = server_settings
         return create_async_engine(
             config.sqlalchemy_url(),
             pool_size=config.pool_size,
@@ -113,7 +146,7 @@ class PostgreSQLBackend:
         self, *, write: bool, isolation: str | None, readonly: bool, autocommit: bool
     ) -> dict[str, Any]:
         """Execution options that make the next BEGIN what was asked for."""
-        if autocommit:
+        if autocommit and not self._no_autocommit:
             return {"isolation_level": "AUTOCOMMIT"}
         options: dict[str, Any] = {}
         if isolation is not None:
@@ -136,6 +169,8 @@ class PostgreSQLBackend:
         options = self.begin_options(
             write=write, isolation=isolation, readonly=readonly, autocommit=autocommit
         )
+        if self._per_transaction is not None and options.get("isolation_level") != "AUTOCOMMIT":
+            work = _after(self._per_transaction, work)
         result: T = await greenlet_spawn(run_unit, engine.sync_engine, work, options)
         return result
 
@@ -203,8 +238,10 @@ class PostgreSQLBackend:
         )
         if options:
             await conn.execution_options(**options)
-        if not autocommit:
+        if options.get("isolation_level") != "AUTOCOMMIT":
             await conn.begin()
+            if self._per_transaction is not None:
+                await conn.execute(self._per_transaction)
 
     @contextlib.asynccontextmanager
     async def writer_slot(self) -> AsyncIterator[None]:
@@ -243,6 +280,16 @@ class _Listener:
     def _terminated(self, *_: object) -> None:
         self._alive = False
         self._wake()
+
+
+def _after(first: TextClause, work: Callable[[Connection], T]) -> Callable[[Connection], T]:
+    """``work``, preceded by the statement ``first`` in the same transaction."""
+
+    def both(conn: Connection) -> T:
+        conn.execute(first)
+        return work(conn)
+
+    return both
 
 
 def _is_sqlalchemy_adapted(error: BaseException) -> bool:
