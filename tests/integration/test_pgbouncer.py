@@ -24,17 +24,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
-import yaml
 from sqlalchemy import func, insert, select, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -46,9 +44,17 @@ from pipeline_db.transfer.errors import MigrationError
 from pipeline_db.transfer.pg_target import PostgreSQLTarget
 from tests.conftest import ADMIN_URL, admin_execute, sqlite_config
 
-from . import test_faults, test_runner
+from . import test_faults
+from ._bounced_jobs import (
+    STEP_TIMEOUT_S,
+    events,
+    eventually,
+    running,
+    settled,
+    worker_config,
+    workers,
+)
 from ._pgbouncer import PgBouncer
-from ._queue_helpers.handlers import events
 from .test_faults import (
     admin_fetchval,
     assert_recovered,
@@ -62,7 +68,6 @@ from .test_faults import (
     sleeping,
 )
 from .test_faults import log as fault_log
-from .test_runner import HANDLERS, KINDS, STEP_TIMEOUT_S, Worker, eventually, running, settled
 
 # The foundation's fault tests on PostgreSQL, collected again here.
 test_backend_killed_mid_transaction_is_retried_and_applied_once = (
@@ -82,10 +87,8 @@ test_cancelled_while_waiting_for_a_connection = (
 )
 test_backend_killed_during_commit = test_faults.test_backend_killed_during_commit
 
-# Fixtures of the modules whose tests run here: the fault tables on `db`, and
-# `pipeline-db worker` processes.
+# The fault tests' own `db`: their tables, on conftest's `db` (here through PgBouncer).
 db = test_faults.db
-spawn = test_runner.spawn
 
 
 @pytest.fixture(params=[pytest.param("postgresql", marks=pytest.mark.postgresql)])
@@ -131,16 +134,6 @@ def log(tmp_path: Path) -> Path:
 def url_of(config: DatabaseConfig) -> str:
     assert config.url is not None
     return config.url.get_secret_value()
-
-
-def worker_config(config: DatabaseConfig, path: Path, **worker: Any) -> Path:
-    """A configuration file for `pipeline-db worker` with ``config``'s database section."""
-    database: dict[str, Any] = {"type": "postgresql", "url": url_of(config), "pgbouncer": True}
-    if config.listen_url is not None:
-        database["listen_url"] = config.listen_url.get_secret_value()
-    section = {"handlers": {kind: f"{HANDLERS}:{kind}" for kind in KINDS}, **worker}
-    path.write_text(yaml.safe_dump({"database": database, "worker": section}))
-    return path
 
 
 async def setting(conn: AsyncConnection, name: str) -> str:
@@ -277,11 +270,7 @@ async def test_autocommit_and_run_sync_under_contention(db: Database) -> None:
 
 @pytest.mark.slow
 async def test_two_worker_processes_run_1000_jobs_exactly_once(
-    db: Database,
-    make_config: Callable[..., DatabaseConfig],
-    spawn: Callable[..., Awaitable[Worker]],
-    log: Path,
-    tmp_path: Path,
+    db: Database, make_config: Callable[..., DatabaseConfig], log: Path, tmp_path: Path
 ) -> None:
     queue = JobQueue(db)
     config = worker_config(
@@ -292,19 +281,16 @@ async def test_two_worker_processes_run_1000_jobs_exactly_once(
         poll_interval=0.5,
         shutdown_grace=2,
     )
-    workers = [await spawn(config, "--kind", "record") for _ in range(2)]
+    async with workers(config, 2, tmp_path) as started:
+        assert await queue.enqueue_many("record", [{"log": str(log)}] * 1000) == 1000
 
-    assert await queue.enqueue_many("record", [{"log": str(log)}] * 1000) == 1000
+        async def all_done() -> bool:
+            return (await queue.stats()).by_status["succeeded"] == 1000
 
-    async def all_done() -> bool:
-        return (await queue.stats()).by_status["succeeded"] == 1000
-
-    await eventually(all_done, "1000 jobs to succeed")
-    for worker in workers:
-        worker.process.send_signal(signal.SIGTERM)
-    for worker in workers:
-        assert await worker.exited() == 0, worker.text()
-        assert "polling" not in worker.text()  # they listened over listen_url
+        await eventually(all_done, "1000 jobs to succeed")
+        for worker in started:
+            assert await worker.stop() == 0, worker.text()
+            assert "polling" not in worker.text()  # they listened over listen_url
 
     stats = await queue.stats()
     assert stats.by_status == {
@@ -317,7 +303,7 @@ async def test_two_worker_processes_run_1000_jobs_exactly_once(
     runs = Counter(e["job"] for e in events(log))
     assert len(runs) == 1000
     assert [job_id for job_id, n in runs.items() if n > 1] == []
-    assert set(Counter(e["pid"] for e in events(log))) == {w.pid for w in workers}
+    assert set(Counter(e["pid"] for e in events(log))) == {w.process.pid for w in started}
 
 
 async def test_notify_over_listen_url_wakes_a_runner(
