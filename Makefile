@@ -42,7 +42,13 @@ $(BENCH_STAMP): $(STAMP)
 bench: $(BENCH_STAMP) ## Run the benchmarks (ratios against raw asyncpg, pgqueuer, procrastinate)
 	$(BIN)/python -m bench
 
+up: ## Build and start the compose stack (set POSTGRES_PASSWORD and PIPELINE_API_TOKEN)
+	docker compose up --detach --build --wait
+
+down: ## Stop the compose stack (its database volume stays)
+	docker compose down
+
 clean: ## Remove the virtualenv and caches
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info
 
-.PHONY: help install run test lint format bench clean
+.PHONY: help install run test lint format bench up down clean

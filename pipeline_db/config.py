@@ -3,7 +3,9 @@
 The configuration lives in the ``database:`` section of ``config/pipeline.yaml``
 (other sections belong to the server and the job runners). String values may
 use ``${VAR}`` and ``${VAR:-default}``; ``$${`` writes a literal ``${``.
-``PIPELINE_DATABASE_URL``, when set, overrides the file's connection settings.
+``PIPELINE_DATABASE_URL``, when set, overrides the file's connection settings;
+``PIPELINE_LISTEN_URL`` and ``PIPELINE_PGBOUNCER`` (``true`` or ``false``) set
+``listen_url`` and ``pgbouncer``, so a container needs no file of its own.
 
 Every problem (an unknown key, a wrong type, an impossible value, an unset
 variable) stops start-up with one :class:`~pipeline_db.errors.ConfigurationError`
@@ -29,6 +31,8 @@ from pipeline_db.errors import ConfigurationError
 CONFIG_PATH = Path("config/pipeline.yaml")
 CONFIG_PATH_ENV = "PIPELINE_CONFIG"
 DATABASE_URL_ENV = "PIPELINE_DATABASE_URL"
+LISTEN_URL_ENV = "PIPELINE_LISTEN_URL"
+PGBOUNCER_ENV = "PIPELINE_PGBOUNCER"
 
 SQLITE_PATH = Path("data/pipeline.db")
 BUSY_TIMEOUT_MS = 5_000
@@ -217,6 +221,9 @@ class ServerConfig(_Model):
     #: Run job runners in each server process.
     with_worker: bool = False
     idempotency_ttl_hours: float = Field(24.0, gt=0)
+    #: uvicorn's access log, one line per request: about 100 µs of a worker's CPU
+    #: per request (bench/http.py). /metrics counts requests by route and status either way.
+    access_log: bool = True
 
     def token_names(self) -> dict[str, str]:
         """Every configured token, mapped to its name ("default" for ``api_token``)."""
@@ -287,7 +294,8 @@ def database_config(
 ) -> DatabaseConfig:
     """Validate a ``database:`` section (already interpolated) into a :class:`DatabaseConfig`.
 
-    ``PIPELINE_DATABASE_URL`` in ``environ`` overrides the section's connection.
+    ``PIPELINE_DATABASE_URL`` in ``environ`` overrides the section's connection,
+    ``PIPELINE_LISTEN_URL`` its ``listen_url`` and ``PIPELINE_PGBOUNCER`` its ``pgbouncer``.
 
     Raises:
         ConfigurationError: naming the key and what is allowed.
@@ -301,6 +309,9 @@ def database_config(
             data["type"] = _backend_of(override)
         except ValueError as exc:
             raise ConfigurationError(f"{DATABASE_URL_ENV}: {exc}", key=DATABASE_URL_ENV) from None
+    for name, key in ((LISTEN_URL_ENV, "listen_url"), (PGBOUNCER_ENV, "pgbouncer")):
+        if env.get(name):
+            data[key] = env[name]
     try:
         return DatabaseConfig.model_validate(data)
     except ValidationError as exc:

@@ -37,7 +37,7 @@ from pipeline_db import (
     load_config,
     load_database_config,
 )
-from pipeline_db.config import DATABASE_URL_ENV
+from pipeline_db.config import DATABASE_URL_ENV, LISTEN_URL_ENV, PGBOUNCER_ENV
 from tests.conftest import IN_CI, admin_dsn
 
 REPO = Path(__file__).resolve().parents[2]
@@ -296,6 +296,30 @@ def test_override_with_a_percent_encoded_password_round_trips(password: str) -> 
 
 def test_empty_override_is_ignored() -> None:
     assert database_config({"path": "x.db"}, environ={DATABASE_URL_ENV: ""}).type == "sqlite"
+
+
+def test_listen_url_and_pgbouncer_come_from_the_environment(tmp_path: Path) -> None:
+    # What compose.yaml sets: the app through PgBouncer, LISTEN straight to PostgreSQL.
+    path = write(tmp_path, "database:\n  type: sqlite\n  pgbouncer: false\n")
+    env = {
+        DATABASE_URL_ENV: "postgresql://app:pw@pgbouncer:6432/pipeline",
+        LISTEN_URL_ENV: "postgresql://app:pw@postgres:5432/pipeline",
+        PGBOUNCER_ENV: "true",
+    }
+
+    config = load_database_config(path, environ=env)
+
+    assert (config.type, config.pgbouncer) == ("postgresql", True)
+    assert config.listen_url is not None
+    assert make_url(config.listen_url.get_secret_value()).host == "postgres"
+    unset = {LISTEN_URL_ENV: "", PGBOUNCER_ENV: ""}
+    assert database_config({"pgbouncer": True}, environ=unset).pgbouncer is True
+    assert database_config({}, environ=unset).listen_url is None
+    assert database_config({"pgbouncer": True}, environ={PGBOUNCER_ENV: "0"}).pgbouncer is False
+
+
+def test_bad_pgbouncer_variable_is_refused() -> None:
+    assert "database.pgbouncer" in configuration_error({}, {PGBOUNCER_ENV: "sometimes"})
 
 
 @pytest.mark.parametrize(
