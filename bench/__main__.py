@@ -7,9 +7,9 @@ import asyncio
 import inspect
 import logging
 
-from bench import queue, reads, write
+from bench import http, queue, reads, write
 
-SECTIONS = {"write": write.run, "reads": reads.run, "queue": queue.run}
+SECTIONS = {"write": write.run, "reads": reads.run, "queue": queue.run, "http": http.run}
 
 
 def main() -> None:

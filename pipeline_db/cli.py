@@ -161,6 +161,7 @@ def _serve(args: argparse.Namespace) -> int:
             host=host,
             port=port,
             workers=workers,
+            access_log=server.access_log,
             timeout_graceful_shutdown=30,
         )
     finally:

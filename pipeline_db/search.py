@@ -144,7 +144,7 @@ async def upsert_index(
 ) -> None:
     """Write an episode's index row inside the caller's transaction."""
     values = index_values(episode_id, source_path, file_size, metadata)
-    await conn.execute(q.upsert(dialect, values))
+    await conn.execute(q.upsert(dialect), values)
 
 
 class MetadataIndex:

@@ -30,6 +30,7 @@ from pipeline_db import (
     InvalidInputError,
     NotFoundError,
 )
+from pipeline_db.episodes import ID_BATCH
 from pipeline_db.schema import (
     STAGES,
     clip_assets,
@@ -177,6 +178,14 @@ async def test_register_suffix_search_treats_like_wildcards_in_the_id_literally(
     await register(eps, "", id="aXbYYc-2", hash="h2")
 
     assert (await register(eps, "", id="a_b%c", hash="h3")).id == "a_b%c-2"
+
+
+async def test_register_finds_the_free_suffix_past_a_batch_of_taken_ones(eps: Episodes) -> None:
+    # Suffixes are looked up ID_BATCH at a time: the first free one is in the next batch.
+    count = ID_BATCH + 2
+    ids = [(await register(eps, "", id="ep", hash=f"h{n}")).id for n in range(count)]
+
+    assert ids == ["ep", *(f"ep-{n}" for n in range(2, count + 1))]
 
 
 @pytest.mark.parametrize(
