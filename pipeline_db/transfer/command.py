@@ -10,7 +10,7 @@ from pipeline_db.transfer._zone import resolve_zone
 from pipeline_db.transfer.copy import migrate, plan, verify_only
 from pipeline_db.transfer.endpoints import endpoint_config
 from pipeline_db.transfer.errors import VerificationError
-from pipeline_db.transfer.options import ON_ERROR, MigrateOptions
+from pipeline_db.transfer.options import ON_ERROR, WORKERS, MigrateOptions
 from pipeline_db.transfer.plan import render_plan
 from pipeline_db.transfer.report import MigrationReport, render
 from pipeline_db.transfer.source import BATCH_ROWS
@@ -55,6 +55,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="PostgreSQL URLs lead to PgBouncer in transaction pooling mode",
     )
     parser.add_argument(
+        "--workers",
+        type=int,
+        default=WORKERS,
+        metavar="N",
+        help=f"processes copying tables at once (default {WORKERS}; 0: one process)",
+    )
+    parser.add_argument(
         "--batch-size",
         type=int,
         default=BATCH_ROWS,
@@ -74,6 +81,7 @@ async def run(args: argparse.Namespace) -> int:
         source_timezone=args.source_timezone,
         batch_size=args.batch_size,
         report=args.report,
+        workers=args.workers,
     )
     if args.dry_run:
         found = await plan(source, target, options)

@@ -1,43 +1,41 @@
-"""The copy: every table in foreign-key order, streamed in batches, then verified.
+"""The migration: plan, prepare the target, copy the tables in parallel, verify, report.
 
-Per table, a reader streams rows in key order and converts them where they
-are read (the SQLite reader's thread), while the writer loads the previous
-batch: at most :data:`QUEUE_DEPTH` converted batches wait between them, so
-memory does not grow with the database. Each batch commits with the
-table's progress, so ``--resume`` continues after the last key that
-committed. A lost target connection (a restart) is retried from there.
+This module runs in the migrating process: it discovers the source, makes
+the target's schema (Alembic) and holds the migration lock, then runs one
+job per table (:mod:`pipeline_db.transfer.job`), parents before children,
+up to :data:`~pipeline_db.transfer.options.WORKERS` at once in worker
+processes, the widest tables first. Each job copies and verifies its table
+on connections of its own; a PostgreSQL source's jobs all read the snapshot
+this process exported, a SQLite file is read by each job in a snapshot of
+its own (stop the pipeline's writers while it migrates).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from pipeline_db.config import DatabaseConfig
-from pipeline_db.errors import TransientError
+from pipeline_db.transfer._workers import ProgressRelay, run_in_worker, start_workers
 from pipeline_db.transfer._zone import resolve_zone
 from pipeline_db.transfer.display import Display, display_for
 from pipeline_db.transfer.errors import MigrationError, TargetNotEmptyError, VerificationError
+from pipeline_db.transfer.job import TableJob, TableResult, run_table
 from pipeline_db.transfer.layout import TablePlan
 from pipeline_db.transfer.options import MigrateOptions
 from pipeline_db.transfer.plan import MigrationPlan, discover
-from pipeline_db.transfer.policy import RowConverter
 from pipeline_db.transfer.progress import TableProgress
-from pipeline_db.transfer.report import MigrationReport, TableCheck, TableReport, write_report
-from pipeline_db.transfer.source import BatchSizer, Source, open_source
-from pipeline_db.transfer.target import Batch, Target, TargetState, open_target
+from pipeline_db.transfer.report import MigrationReport, TableReport, write_report
+from pipeline_db.transfer.source import Source, open_source
+from pipeline_db.transfer.target import Target, TargetState, open_target
 from pipeline_db.transfer.verify import Verifier
 
-#: Converted batches waiting for the writer of a table, at most.
-QUEUE_DEPTH = 2
-#: Tables loading at the same time.
-TABLES_AT_ONCE = 4
-#: Attempts at a table when the target connection is lost, and the pause between them.
-RECONNECT_ATTEMPTS = 5
-RECONNECT_DELAY_S = 2.0
+#: Tables copied at once when no worker process can be forked (in this process).
+TABLES_AT_ONCE = 3
 
 
 async def plan(
@@ -96,6 +94,7 @@ async def migrate(
     started = time.perf_counter()
     zone = resolve_zone(options.source_timezone)
     display = display or display_for()
+    workers = start_workers(options.workers)  # forked before anything is open
     source = await open_source(source_config)
     target = open_target(target_config)
     try:
@@ -110,33 +109,28 @@ async def migrate(
             "source_timezone": str(zone),
         }
         states, resumed = await _start(target, settings, plans)
-        verifier = Verifier(
-            source,
-            target,
-            options.on_error,
-            zone,
-            await target.skipped_keys(),
-            options.batch_size,
+        scheduler = _Scheduler(
+            source_config,
+            target_config,
+            options,
             display,
+            workers,
+            snapshot=await source.export_snapshot(),
+            resumed=resumed,
+            skipped=await target.skipped_keys(),
         )
-        copier = _Copier(source, target, options, zone, display, settings, verifier, resumed)
-        try:
-            await copier.run(plans, states)
-            counters = {p.name: p.counter for p in plans if p.counter is not None}
-            await target.finish(plans, counters)
-            verify_started = time.perf_counter()
-            checks = [await copier.checks[p.name] for p in plans]
-        finally:
-            await copier.cancel()
+        results = await scheduler.run(await _order(source, plans), states)
+        counters = {p.name: p.counter for p in plans if p.counter is not None}
+        await target.finish(plans, counters)
         report = MigrationReport(
             source=source.description,
             flavour=source.info.flavour,
             target=target.description,
-            tables=[_table_report(p, states[p.name]) for p in plans],
-            checks=checks,
+            tables=[_table_report(p, results[p.name].state) for p in plans],
+            checks=[results[p.name].check for p in plans],
             notes=notes,
             not_copied=not_copied,
-            verify_seconds=copier.verify_seconds + time.perf_counter() - verify_started,
+            verify_seconds=sum(results[p.name].check_seconds for p in plans),
         )
         report.report_file = options.report or _default_report_path()
         report.seconds = time.perf_counter() - started
@@ -146,6 +140,8 @@ async def migrate(
         display.close()
         await source.close()
         await target.close()
+        if workers is not None:
+            workers.shutdown(cancel_futures=True)
     if not report.verified:
         raise VerificationError(
             "verification failed: " + "; ".join(c.describe() for c in report.checks if not c.ok),
@@ -202,183 +198,85 @@ async def verify_only(
     return report
 
 
-class _Copier:
-    """Copies the tables, several at once, parents before children.
-
-    Up to :data:`TABLES_AT_ONCE` tables load at the same time (one may keep
-    PostgreSQL busy building search vectors while another keeps this process
-    converting), the widest first; each is verified as soon as it is done,
-    while the others load. A lost target connection (a restart) is retried
-    from the progress that committed.
-    """
+class _Scheduler:
+    """Runs the table jobs: parents before children, several at once."""
 
     def __init__(
         self,
-        source: Source,
-        target: Target,
+        source: DatabaseConfig,
+        target: DatabaseConfig,
         options: MigrateOptions,
-        zone: Any,
         display: Display,
-        settings: dict[str, Any],
-        verifier: Verifier,
+        workers: ProcessPoolExecutor | None,
+        *,
+        snapshot: str | None,
         resumed: bool,
+        skipped: dict[str, set[str]],
     ) -> None:
         self.source = source
         self.target = target
         self.options = options
-        self.zone = zone
         self.display = display
-        self.settings = settings
-        self.verifier = verifier
+        self.workers = workers
+        self.snapshot = snapshot
         self.resumed = resumed
-        #: Keys of rows left out, by table: their children are left out too.
-        self.skipped = verifier.skipped
-        #: Each table's verification, started when the table is done.
-        self.checks: dict[str, asyncio.Task[TableCheck]] = {}
-        #: Seconds spent verifying while no table was loading.
-        self.verify_seconds = 0.0
-        self._digests: dict[str, tuple[int, int]] = {}
-        self._generation = 0
-        self._reconnecting = asyncio.Lock()
+        self.skipped = skipped
 
-    async def run(self, plans: list[TablePlan], states: dict[str, TableProgress]) -> None:
-        """Copy every table to the end and start its verification."""
+    async def run(
+        self, plans: list[TablePlan], states: dict[str, TableProgress]
+    ) -> dict[str, TableResult]:
+        """Run every table's job, in ``plans`` order as slots free up; their results."""
         names = {p.name for p in plans}
         finished = {p.name: asyncio.Event() for p in plans}
-        slots = asyncio.Semaphore(TABLES_AT_ONCE)
+        slots = asyncio.Semaphore(self.options.workers or TABLES_AT_ONCE)
+        results: dict[str, TableResult] = {}
+        relay = ProgressRelay(self.display) if self.workers is not None else None
 
         async def one(plan: TablePlan) -> None:
-            for parent in {link.parent for link in plan.parents} & names - {plan.name}:
+            parents = {link.parent for link in plan.parents} & names - {plan.name}
+            for parent in parents:
                 await finished[parent].wait()
+            job = TableJob(
+                source=self.source,
+                target=self.target,
+                plan=plan,
+                options=self.options,
+                state=states[plan.name],
+                skipped={n: self.skipped.get(n, set()) for n in {plan.name, *parents}},
+                resumed=self.resumed,
+                snapshot=self.snapshot,
+            )
             async with slots:
-                states[plan.name] = await self.table(plan, states[plan.name])
+                results[plan.name] = result = await self._run(job)
+            self.skipped[plan.name] = result.left_out
             finished[plan.name].set()
-            known = None if self.resumed else self._digests.get(plan.name)
-            self.checks[plan.name] = asyncio.create_task(self.verifier.table(plan, known))
 
         try:
             async with asyncio.TaskGroup() as group:
-                for plan in await self._order(plans):
+                for plan in plans:
                     group.create_task(one(plan))
         except BaseExceptionGroup as group:
             raise group.exceptions[0] from None
+        finally:
+            if relay is not None:
+                relay.stop()
+        return results
 
-    async def cancel(self) -> None:
-        """Stop verifications still running (the migration failed)."""
-        for task in self.checks.values():
-            task.cancel()
-        await asyncio.gather(*self.checks.values(), return_exceptions=True)
+    async def _run(self, job: TableJob) -> TableResult:
+        if self.workers is None:
+            return await run_table(job, self.display)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.workers, run_in_worker, job)
 
-    async def _order(self, plans: list[TablePlan]) -> list[TablePlan]:
-        """Parents first, then the tables with the most bytes to move."""
-        levels: dict[str, int] = {}
-        for plan in plans:  # sorted_tables order: parents come first
-            parents = [levels.get(link.parent, -1) for link in plan.parents]
-            levels[plan.name] = 1 + max(parents, default=-1)
-        sizes = {p.name: p.rows * (await self.source.row_width(p) if p.rows else 0) for p in plans}
-        return sorted(plans, key=lambda p: (levels[p.name], -sizes[p.name]))
 
-    async def table(self, plan: TablePlan, state: TableProgress) -> TableProgress:
-        """Copy one table to the end, from where ``state`` says it stopped."""
-        self.display.start(plan.name, plan.rows, state.copied + state.skipped)
-        for attempt in range(1, RECONNECT_ATTEMPTS + 1):
-            generation = self._generation
-            try:
-                state = await self._copy(plan, state)
-                break
-            except TransientError as error:
-                self._digests.pop(plan.name, None)  # batches will be read twice: read again
-                self.resumed = True
-                if attempt == RECONNECT_ATTEMPTS:
-                    raise
-                self.display.log(
-                    f"{plan.name}: {error.message}; reconnecting to the target "
-                    f"(attempt {attempt + 1} of {RECONNECT_ATTEMPTS})"
-                )
-                await asyncio.sleep(RECONNECT_DELAY_S * attempt)
-                async with self._reconnecting:
-                    if generation == self._generation:  # not yet done by another table
-                        await self.target.reconnect()
-                        self._generation += 1
-                states, _ = await _start(self.target, self.settings, [plan])
-                state = states[plan.name]
-                self.skipped.update(await self.target.skipped_keys())
-        self.display.finish(plan.name)
-        return state
-
-    async def _copy(self, plan: TablePlan, state: TableProgress) -> TableProgress:
-        if state.done:
-            return state
-        fresh = not state.started
-        state = await self.target.start_table(plan, state)
-        converter = RowConverter(
-            plan,
-            source=self.source.dialect,
-            target=self.target.dialect,
-            on_error=self.options.on_error,
-            zone=self.zone,
-            flagged=True,
-            duplicates=await self.source.duplicates(plan),
-            skipped=self.skipped,
-            after=state.last_key,
-            committed=state.committed if state.beyond else None,
-        )
-        last = [time.perf_counter()]
-        if fresh:
-            nulls = await self.source.null_keys(plan)
-            if nulls:
-                state = await self._write(plan, converter.null_keys(nulls), state, last)
-        writers = self.target.writers
-        queue: asyncio.Queue[Batch | None] = asyncio.Queue(QUEUE_DEPTH * writers)
-        sizer = BatchSizer(self.options.batch_size)
-        digest = [0, 0]
-        refused = False
-
-        async def read() -> None:
-            scan = self.source.scan(plan, converter, after=state.last_key, sizer=sizer)
-            async for batch in scan:
-                await queue.put(batch)
-            for _ in range(writers):
-                await queue.put(None)
-
-        async def write() -> None:
-            nonlocal state, refused
-            while (batch := await queue.get()) is not None:
-                record = await self.target.write(plan, batch, self.options.on_error)
-                state = state.added(record)
-                self._account(plan, batch, last)
-                digest[0] += batch.digest[0]
-                digest[1] += batch.digest[1]
-                # Rows the target refused were counted: that table's source is read again.
-                refused = refused or record.skipped != batch.skipped
-
-        try:
-            async with asyncio.TaskGroup() as group:
-                group.create_task(read())
-                for _ in range(writers):
-                    group.create_task(write())
-        except BaseExceptionGroup as group:
-            raise group.exceptions[0] from None
-        state = await self.target.finish_table(plan, state)
-        if fresh and not refused:
-            self._digests[plan.name] = (digest[0], digest[1] & ((1 << 64) - 1))
-        return state
-
-    async def _write(
-        self, plan: TablePlan, batch: Batch, state: TableProgress, last: list[float]
-    ) -> TableProgress:
-        record = await self.target.write(plan, batch, self.options.on_error)
-        self._account(plan, batch, last)
-        return state.added(record)
-
-    def _account(self, plan: TablePlan, batch: Batch, last: list[float]) -> None:
-        """After a batch committed: its left-out keys, its time, the display."""
-        now = time.perf_counter()
-        batch.seconds, last[0] = now - last[0], now
-        for issue in batch.issues:
-            if issue.action == "skipped" and issue.key is not None:
-                self.skipped.setdefault(plan.name, set()).add(issue.key)
-        self.display.advance(plan.name, batch.read)
+async def _order(source: Source, plans: list[TablePlan]) -> list[TablePlan]:
+    """Parents first, then the tables with the most bytes to move."""
+    levels: dict[str, int] = {}
+    for plan in plans:  # sorted_tables order: parents come first
+        parents = [levels.get(link.parent, -1) for link in plan.parents if link.parent != plan.name]
+        levels[plan.name] = 1 + max(parents, default=-1)
+    sizes = {p.name: p.rows * (await source.row_width(p) if p.rows else 0) for p in plans}
+    return sorted(plans, key=lambda p: (levels[p.name], -sizes[p.name]))
 
 
 async def _start(

@@ -30,6 +30,10 @@ class RowRejectedError(MigrationError, InvalidInputError):
         self.column = column
         self.reason = reason
 
+    def __reduce__(self) -> tuple[type[RowRejectedError], tuple[str, Any, str | None, str]]:
+        # Raised in a worker process, it travels back pickled.
+        return type(self), (self.table, self.key, self.column, self.reason)
+
 
 class VerificationError(MigrationError):
     """The target does not hold what the source holds."""

@@ -164,6 +164,10 @@ class SQLiteSource:
                 found.setdefault(key, f"duplicate of {plan.key} {first} on ({', '.join(columns)})")
         return found
 
+    async def export_snapshot(self) -> str | None:
+        """None: SQLite cannot share a snapshot between connections."""
+        return None
+
     async def close(self) -> None:
         """End the snapshot, close the file and stop the thread."""
         if self._conn is not None:

@@ -10,6 +10,8 @@ from pipeline_db.transfer.source import BATCH_ROWS
 from pipeline_db.transfer.target import OnError
 
 ON_ERROR: tuple[OnError, ...] = ("abort", "skip", "repair")
+#: Worker processes copying tables at once (0: every table in this process).
+WORKERS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +27,7 @@ class MigrateOptions:
             file (None: the machine's zone).
         batch_size: rows per batch at most.
         report: where the report file goes (None: ``pipeline-db-migrate-<time>.json``).
+        workers: worker processes copying tables at once (0: all in this process).
     """
 
     on_error: OnError = "abort"
@@ -33,10 +36,13 @@ class MigrateOptions:
     source_timezone: str | None = None
     batch_size: int = BATCH_ROWS
     report: Path | None = None
+    workers: int = WORKERS
 
     def __post_init__(self) -> None:
         if self.on_error not in ON_ERROR:
             raise ConfigurationError(f"on_error must be one of {', '.join(ON_ERROR)}")
+        if self.workers < 0:
+            raise ConfigurationError("workers must be 0 or more")
         if self.batch_size < 1:
             raise ConfigurationError("batch_size must be at least 1")
         if self.resume and self.replace:

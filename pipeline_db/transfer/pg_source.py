@@ -82,11 +82,13 @@ class PostgreSQLSource:
         self._turn = asyncio.Lock()
 
     @classmethod
-    async def open(cls, config: DatabaseConfig) -> PostgreSQLSource:
-        """Connect, start the snapshot and discover the tables."""
+    async def open(cls, config: DatabaseConfig, *, snapshot: str | None = None) -> PostgreSQLSource:
+        """Connect, start the snapshot (or import ``snapshot``) and discover the tables."""
         source = cls(config, await connect(config))
         try:
             await source._transaction.start()
+            if snapshot is not None:
+                await source._conn.execute(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
             source.info = await source._discover()
         except (asyncpg.PostgresError, OSError) as error:
             await source.close()
@@ -144,6 +146,11 @@ class PostgreSQLSource:
     async def duplicates(self, plan: TablePlan) -> dict[Any, str]:
         """None: unique constraints held."""
         return {}
+
+    async def export_snapshot(self) -> str | None:
+        """Export the snapshot, for workers to read the same moment (``pg_export_snapshot``)."""
+        value = await self._value(_sql.Statement("SELECT pg_export_snapshot()"))
+        return str(value)
 
     async def close(self) -> None:
         """End the snapshot and close the connection."""

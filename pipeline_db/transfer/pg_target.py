@@ -56,7 +56,7 @@ T = TypeVar("T")
 #: computes search vectors and parses rows on as many cores).
 WRITERS_PER_TABLE = 2
 #: Connections for the tables loading at once, their index builds and verifications.
-POOL_SIZE = 10
+POOL_SIZE = WRITERS_PER_TABLE + 2
 #: maintenance_work_mem while indexes are built back after a table's load.
 INDEX_BUILD_MEMORY = "256MB"
 # pg_try_advisory_lock key held while a migration writes ("pdbmig").
@@ -78,9 +78,10 @@ class PostgreSQLTarget:
     dialect: Dialect = "postgresql"
     writers = WRITERS_PER_TABLE
 
-    def __init__(self, config: DatabaseConfig) -> None:
+    def __init__(self, config: DatabaseConfig, *, locking: bool = True) -> None:
         self.config = config
         self.description = config.describe()
+        self.locking = locking
         self._pool: asyncpg.Pool | None = None
         self._lock: asyncpg.Connection | None = None
 
@@ -133,7 +134,8 @@ class PostgreSQLTarget:
         if self._pool is not None:
             self._pool.terminate()
             self._pool = None
-        await self._hold_lock()
+        if self.locking:
+            await self._hold_lock()
         self._pool = await create_pool(self.config, POOL_SIZE)
 
     async def _hold_lock(self) -> None:

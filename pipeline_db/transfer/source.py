@@ -114,13 +114,22 @@ class Source(Protocol):
         """Keys of rows that repeat an earlier row's unique values, with why."""
         ...
 
+    async def export_snapshot(self) -> str | None:
+        """An id other connections read this source's snapshot by (None: SQLite has none)."""
+        ...
+
     async def close(self) -> None:
         """Release the connection."""
         ...
 
 
-async def open_source(config: DatabaseConfig) -> Source:
+async def open_source(config: DatabaseConfig, *, snapshot: str | None = None) -> Source:
     """Open a source read-only and discover what it holds.
+
+    Args:
+        config: the source.
+        snapshot: a PostgreSQL snapshot another connection exported
+            (:meth:`Source.export_snapshot`), to read the same moment.
 
     Raises:
         ConfigurationError: it does not exist or cannot be read.
@@ -133,7 +142,7 @@ async def open_source(config: DatabaseConfig) -> Source:
     else:
         from pipeline_db.transfer.pg_source import PostgreSQLSource
 
-        source = await PostgreSQLSource.open(config)
+        source = await PostgreSQLSource.open(config, snapshot=snapshot)
     return source
 
 

@@ -40,6 +40,7 @@ class Batch:
         read: rows read from the source.
         seconds: wall time spent on the batch before it was written.
         digest: row count and hash sum of what the batch should put in the target.
+        refused: rows of it the target refused (set once written).
     """
 
     rows: list[tuple[Any, ...]]
@@ -52,6 +53,7 @@ class Batch:
     read: int = 0
     seconds: float = 0.0
     digest: tuple[int, int] = (0, 0)
+    refused: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +78,7 @@ class Target(Protocol):
 
     dialect: Dialect
     description: str
+    config: DatabaseConfig
     #: Batches of one table written at once (PostgreSQL: several connections).
     writers: int
 
@@ -142,8 +145,14 @@ class Target(Protocol):
         ...
 
 
-def open_target(config: DatabaseConfig) -> Target:
-    """The target for ``config`` (nothing is opened yet)."""
+def open_target(config: DatabaseConfig, *, locking: bool = True) -> Target:
+    """The target for ``config`` (nothing is opened yet).
+
+    Args:
+        config: the target.
+        locking: take the migration lock when connecting (False: a job's
+            target, whose migration holds the lock).
+    """
     target: Target
     if config.type == "sqlite":
         from pipeline_db.transfer.sqlite_target import SQLiteTarget
@@ -152,7 +161,7 @@ def open_target(config: DatabaseConfig) -> Target:
     else:
         from pipeline_db.transfer.pg_target import PostgreSQLTarget
 
-        target = PostgreSQLTarget(config)
+        target = PostgreSQLTarget(config, locking=locking)
     return target
 
 

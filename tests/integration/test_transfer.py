@@ -524,6 +524,22 @@ async def _progress(config: DatabaseConfig, table: str) -> tuple[int, bool] | No
     return None if copied is None else (int(copied), bool(done))
 
 
+async def _sessions(config: DatabaseConfig) -> int:
+    """Connections of migrations to the database."""
+    database = make_url(pg_url(config)).database
+    conn = await asyncpg.connect(admin_dsn())
+    try:
+        return int(
+            await conn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 "
+                "AND application_name = 'pipeline-db migrate'",
+                database,
+            )
+        )
+    finally:
+        await conn.close()
+
+
 @pytest.mark.slow
 async def test_sigkill_during_the_largest_table_then_resume(
     tmp_path: Path, pg_database: Config
@@ -564,6 +580,13 @@ async def test_sigkill_during_the_largest_table_then_resume(
             process.kill()
         await process.wait()
     assert process.returncode == -signal.SIGKILL
+    # Its worker processes died with it: nothing writes while it is resumed.
+    for _ in range(200):
+        if not await _sessions(pg):
+            break
+        await asyncio.sleep(0.05)
+    else:
+        pytest.fail("the killed migration's workers are still connected")
     killed_at = await _progress(pg, "processing_log")
     assert killed_at is not None and not killed_at[1]
 
