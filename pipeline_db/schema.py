@@ -88,8 +88,15 @@ class UTCDateTime(TypeDecorator[datetime]):
             raise TypeError(f"expected a datetime, got {type(value).__name__}")
         if value.tzinfo is None:
             raise ValueError(f"naive datetime {value.isoformat()} (give it a timezone)")
-        value = value.astimezone(UTC)
-        return value.strftime(SQLITE_TIMESTAMP_FORMAT) if dialect.name == "sqlite" else value
+        try:
+            value = value.astimezone(UTC)
+        except OverflowError:  # 0001-01-01T00:00+05:00 is before year 1 in UTC
+            raise ValueError(f"{value.isoformat()} is out of range in UTC") from None
+        if dialect.name != "sqlite":
+            return value
+        # Not strftime(SQLITE_TIMESTAMP_FORMAT): glibc's %Y does not zero-pad years
+        # before 1000, and "332-07-27 ..." neither sorts as text nor reads back.
+        return value.replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
 
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
         if value is None:
