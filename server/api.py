@@ -36,6 +36,8 @@ class Operation:
     body: type[BaseModel] | None = None
     responses: Mapping[int, tuple[str, type[BaseModel] | None]] = field(default_factory=dict)
     public: bool = False
+    #: The media type of a success without a declared model (/metrics is text, /docs HTML).
+    media_type: str = "application/json"
 
 
 REGISTRY: list[Operation] = []
@@ -51,12 +53,24 @@ def operation(
     body: type[BaseModel] | None = None,
     responses: Mapping[int, tuple[str, type[BaseModel] | None]] | None = None,
     public: bool = False,
+    media_type: str = "application/json",
 ) -> Callable[[Endpoint], Endpoint]:
     """Declare an endpoint (a decorator); see the module docstring."""
 
     def register(endpoint: Endpoint) -> Endpoint:
         REGISTRY.append(
-            Operation(method, path, endpoint, summary, tag, query, body, responses or {}, public)
+            Operation(
+                method,
+                path,
+                endpoint,
+                summary,
+                tag,
+                query,
+                body,
+                responses or {},
+                public,
+                media_type,
+            )
         )
         return endpoint
 
@@ -101,8 +115,8 @@ async def parse_body(request: Request, model: type[M], *, raw: bytes | None = No
     if media != "application/json" and not media.endswith("+json"):
         raise UnsupportedMediaType(content_type or "(none)")
     try:
-        data = json.loads(body or b"null")
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        data = _load_json(body)
+    except ValueError as error:  # JSONDecodeError, UnicodeDecodeError and ours
         raise RequestInvalid(
             f"the body is not valid JSON: {error}", [("body", str(error))]
         ) from None
@@ -110,6 +124,22 @@ async def parse_body(request: Request, model: type[M], *, raw: bytes | None = No
         return model.model_validate(data)
     except ValidationError as error:
         raise RequestInvalid.from_validation(error, "body") from None
+
+
+def _load_json(body: bytes) -> Any:
+    """Parse strict JSON: no NaN or Infinity, no unpaired surrogate in a string."""
+    data = json.loads(body or b"null", parse_constant=_refuse_constant)
+    if b"\\u" in body:
+        # "\ud800" parses to a str that UTF-8 cannot encode: no database can store it.
+        try:
+            json.dumps(data, ensure_ascii=False).encode()
+        except UnicodeEncodeError:
+            raise ValueError("a string holds an unpaired UTF-16 surrogate") from None
+    return data
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def path_param(request: Request, name: str) -> str:

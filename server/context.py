@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 from pydantic import BaseModel
 from starlette.requests import Request
@@ -72,6 +73,15 @@ def json_response(
         media_type="application/json",
         headers=headers,
     )
+
+
+def location(collection: str, resource_id: object) -> str:
+    """The URL path of a resource, its id percent-encoded.
+
+    A header is latin-1 on the wire: an id such as ``"épisode-日本"`` would fail
+    to encode (a 500 after the resource was created) unless quoted (RFC 3986).
+    """
+    return f"{collection}/{quote(str(resource_id), safe='')}"
 
 
 def _plain(payload: Any) -> Any:

@@ -99,15 +99,18 @@ def _operation(
                 "schema": {"type": "string", "maxLength": 255},
             }
         )
+    problem = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
     responses: dict[str, Any] = {}
     for status, (description, model) in op.responses.items():
         entry: dict[str, Any] = {"description": description}
         if model is not None:
             entry["content"] = {"application/json": {"schema": refs[model]}}
+        elif status >= 400:
+            entry["content"] = problem  # an error a route declares is a problem document too
         responses[str(status)] = entry
-    if not responses:
-        responses["200"] = {"description": "OK", "content": {"application/json": {"schema": {}}}}
-    problem = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+    if not any(status < 300 for status in op.responses):
+        schema: dict[str, Any] = {} if op.media_type == "application/json" else {"type": "string"}
+        responses["200"] = {"description": "OK", "content": {op.media_type: {"schema": schema}}}
     for status, description in _problems(op).items():
         responses.setdefault(str(status), {"description": description, "content": problem})
     result: dict[str, Any] = {

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, TypeVar
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, RootModel
 
 from pipeline_db.models import (
     AspectRatio,
@@ -18,6 +18,9 @@ from pipeline_db.models import (
 
 T = TypeVar("T")
 Limit = Field(50, ge=1, le=500, description="page size")
+#: Bounds of the database columns, so an out-of-range number is a 422, not a driver error.
+INT32 = (-(2**31), 2**31 - 1)
+INT64_MAX = 2**63 - 1
 
 
 class Body(BaseModel):
@@ -46,7 +49,7 @@ class RegisterEpisode(Body):
     hash: str = Field(min_length=1)
     source_path: str = Field(min_length=1)
     metadata: dict[str, Any] = Field(default_factory=dict)
-    file_size: int | None = Field(None, ge=0)
+    file_size: int | None = Field(None, ge=0, le=INT64_MAX)
     duration_seconds: float | None = Field(None, ge=0)
     last_modified: AwareDatetime | None = None
 
@@ -74,6 +77,12 @@ class Page(BaseModel, Generic[T]):
     next: str | None = Field(None, description="the URL of the next page")
 
 
+class Items(BaseModel, Generic[T]):
+    """A whole (unpaginated) list."""
+
+    items: list[T]
+
+
 class AddDependency(Body):
     depends_on_episode_id: str = Field(min_length=1)
     dependency_type: str = Field("requires", min_length=1)
@@ -96,7 +105,7 @@ class ProcessEpisode(Body):
     target_stage: Stage
     force: bool = False
     webhook_url: str | None = Field(None, pattern=r"^https?://")
-    priority: int = 0
+    priority: int = Field(0, ge=INT32[0], le=INT32[1])
 
 
 class Discover(Body):
@@ -107,7 +116,7 @@ class CreateJob(Body):
     kind: str = Field(min_length=1)
     episode_id: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
-    priority: int = 0
+    priority: int = Field(0, ge=INT32[0], le=INT32[1])
     run_after: AwareDatetime | None = None
     max_attempts: int = Field(3, ge=1, le=100)
     webhook_url: str | None = Field(None, pattern=r"^https?://")
@@ -152,10 +161,10 @@ class LegacyResult(BaseModel):
 
 class CreateClip(Body):
     id: str = Field(min_length=1)
-    start_ms: int = Field(ge=0)
-    end_ms: int = Field(ge=0)
-    duration_ms: int | None = None
-    score: float | None = None
+    start_ms: int = Field(ge=0, le=INT64_MAX)
+    end_ms: int = Field(ge=0, le=INT64_MAX)
+    duration_ms: int | None = Field(None, ge=0, le=INT64_MAX)
+    score: float | None = Field(None, ge=0, le=1)
     title: str | None = None
     caption: str | None = None
     hashtags: list[str] | None = None
@@ -173,12 +182,12 @@ class CreateAsset(Body):
     path: str = Field(min_length=1)
     variant: Variant
     aspect_ratio: AspectRatio
-    size_bytes: int | None = Field(None, ge=0)
+    size_bytes: int | None = Field(None, ge=0, le=INT64_MAX)
 
 
 class CreateSocialJob(Body):
     episode_id: str = Field(min_length=1)
-    platforms: list[str] = Field(min_length=1)
+    platforms: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1)
     job_id: str | None = None
     metadata: Any = None
 
@@ -195,6 +204,10 @@ class SocialQuery(Query):
     episode_id: str | None = None
     status: str | None = None
     limit: int = Field(100, ge=1, le=1000)
+
+
+class SocialStats(RootModel[dict[str, int]]):
+    """Social jobs by status."""
 
 
 class LogEvent(Body):

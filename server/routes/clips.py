@@ -7,15 +7,17 @@ from starlette.responses import Response
 
 from pipeline_db.models import Clip, ClipAsset, SocialJob
 from server.api import operation, parse_body, parse_query, path_param
-from server.context import json_response, services
+from server.context import json_response, location, services
 from server.schemas import (
     CreateAsset,
     CreateClip,
     CreateSocialJob,
     Deleted,
+    Items,
     PatchClip,
     PatchSocialJob,
     SocialQuery,
+    SocialStats,
 )
 
 TAG = "clips"
@@ -35,7 +37,7 @@ async def create_clip(request: Request) -> Response:
     clip = await services(request).clips.register(
         episode_id=path_param(request, "episode_id"), **body.model_dump()
     )
-    return json_response(clip, 201, headers={"Location": f"/clips/{clip.id}"})
+    return json_response(clip, 201, headers={"Location": location("/clips", clip.id)})
 
 
 @operation(
@@ -100,12 +102,12 @@ async def add_asset(request: Request) -> Response:
     summary="Create a social-media packaging job",
     tag=SOCIAL,
     body=CreateSocialJob,
-    responses={201: ("The job", SocialJob)},
+    responses={201: ("The job", SocialJob), 404: ("No such episode", None)},
 )
 async def create_social_job(request: Request) -> Response:
     body = await parse_body(request, CreateSocialJob)
     job = await services(request).social.create(**body.model_dump())
-    return json_response(job, 201, headers={"Location": f"/social/jobs/{job.job_id}"})
+    return json_response(job, 201, headers={"Location": location("/social/jobs", job.job_id)})
 
 
 @operation(
@@ -114,7 +116,7 @@ async def create_social_job(request: Request) -> Response:
     summary="List social jobs, newest first",
     tag=SOCIAL,
     query=SocialQuery,
-    responses={200: ("Jobs", SocialJob)},
+    responses={200: ("Jobs", Items[SocialJob])},
 )
 async def list_social_jobs(request: Request) -> Response:
     query = parse_query(request, SocialQuery)
@@ -164,6 +166,12 @@ async def delete_social_job(request: Request) -> Response:
     return json_response({"deleted": job_id})
 
 
-@operation("GET", "/social/stats", summary="Social jobs by status", tag=SOCIAL)
+@operation(
+    "GET",
+    "/social/stats",
+    summary="Social jobs by status",
+    tag=SOCIAL,
+    responses={200: ("Counts by status", SocialStats)},
+)
 async def social_stats(request: Request) -> Response:
     return json_response(await services(request).social.stats())

@@ -7,13 +7,14 @@ from starlette.responses import Response
 
 from pipeline_db.models import Clip, Dependency, EpisodeStats, LogEntry, SearchHit
 from server.api import operation, parse_body, parse_query, path_param
-from server.context import episode_out, json_response, page, services
+from server.context import episode_out, json_response, location, page, services
 from server.schemas import (
     AddDependency,
     Deleted,
     EpisodeOut,
     EpisodeQuery,
     HistoryQuery,
+    Items,
     LogEvent,
     Page,
     PatchEpisode,
@@ -59,7 +60,7 @@ async def register_episode(request: Request) -> Response:
     return json_response(
         episode_out(episode) | {"duplicate": registration.duplicate},
         200 if registration.duplicate else 201,
-        headers={"Location": f"/episodes/{episode.id}"},
+        headers={"Location": location("/episodes", episode.id)},
     )
 
 
@@ -118,7 +119,7 @@ async def delete_episode(request: Request) -> Response:
     summary="The episode's processing log in time order",
     tag=TAG,
     query=HistoryQuery,
-    responses={200: ("Events", LogEntry)},
+    responses={200: ("Events", Items[LogEntry])},
 )
 async def episode_history(request: Request) -> Response:
     query = parse_query(request, HistoryQuery)
@@ -153,7 +154,7 @@ async def append_event(request: Request) -> Response:
     "/episodes/{episode_id}/clips",
     summary="The episode's clips by start time",
     tag=TAG,
-    responses={200: ("Clips", Clip)},
+    responses={200: ("Clips", Items[Clip])},
 )
 async def episode_clips(request: Request) -> Response:
     clips = await services(request).clips.of_episode(path_param(request, "episode_id"))
@@ -184,7 +185,7 @@ async def add_dependency(request: Request) -> Response:
     summary="Full-text search over titles, summaries, transcripts, topics and guests",
     tag=TAG,
     query=SearchQuery,
-    responses={200: ("Hits, best first", SearchHit)},
+    responses={200: ("Hits, best first", Items[SearchHit])},
 )
 async def search(request: Request) -> Response:
     query = parse_query(request, SearchQuery)

@@ -8,12 +8,14 @@ import time
 from starlette.requests import Request
 from starlette.responses import Response
 
+from pipeline_db import NotFoundError
 from pipeline_db.jobs import FINISHED_CHANNEL
 from pipeline_db.models import Job
 from server.api import operation, parse_body, parse_query, path_param
-from server.context import Services, json_response, page, services
+from server.context import Services, json_response, location, page, services
 from server.errors import RequestInvalid
 from server.schemas import (
+    INT64_MAX,
     CreateJob,
     Discover,
     JobQuery,
@@ -29,7 +31,8 @@ POLL_S = 0.5
 
 
 def _accepted(job: Job, created: bool = True) -> Response:
-    return json_response(job, 202 if created else 200, headers={"Location": f"/jobs/{job.id}"})
+    headers = {"Location": location("/jobs", job.id)}
+    return json_response(job, 202 if created else 200, headers=headers)
 
 
 @operation(
@@ -73,7 +76,7 @@ async def discover(request: Request) -> Response:
     summary="Submit a job of any registered kind",
     tag=TAG,
     body=CreateJob,
-    responses={202: ("The job", Job)},
+    responses={202: ("The job", Job), 404: ("No such episode", None)},
 )
 async def create_job(request: Request) -> Response:
     body = await parse_body(request, CreateJob)
@@ -103,12 +106,15 @@ async def list_jobs(request: Request) -> Response:
 
 def _job_id(request: Request) -> int:
     raw = path_param(request, "job_id")
-    try:
-        return int(raw)
-    except ValueError:
+    # Plain ASCII digits only: int() would also take " 7", "1_0" and Arabic-Indic digits.
+    if not raw.isascii() or not raw.isdigit():
         raise RequestInvalid(
-            f"job_id must be an integer, not {raw!r}", [("job_id", "not an integer")]
-        ) from None
+            f"job_id must be a positive integer, not {raw!r}", [("job_id", "not an integer")]
+        )
+    job_id = int(raw)
+    if job_id > INT64_MAX:  # past the id column's range: no such job can exist
+        raise NotFoundError(f"job {raw} does not exist", job_id=raw)
+    return job_id
 
 
 @operation("GET", "/jobs/{job_id}", summary="A job", tag=TAG, responses={200: ("The job", Job)})
@@ -145,7 +151,11 @@ async def retry_job(request: Request) -> Response:
     tag="legacy",
     query=LegacyQuery,
     body=LegacyProcess,
-    responses={200: ("Finished (success or not)", LegacyResult), 202: ("Still running", Job)},
+    responses={
+        200: ("Finished (success or not)", LegacyResult),
+        202: ("Still running", Job),
+        404: ("No such episode", None),
+    },
 )
 async def legacy_process(request: Request) -> Response:
     """Enqueue ``process_episode`` and wait up to ``wait`` seconds, answering in the old shape."""

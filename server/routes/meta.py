@@ -68,7 +68,7 @@ async def ready(request: Request) -> Response:
     return json_response(body)
 
 
-@operation("GET", "/metrics", summary="Prometheus metrics", tag=TAG)
+@operation("GET", "/metrics", summary="Prometheus metrics", tag=TAG, media_type="text/plain")
 async def metrics_endpoint(request: Request) -> Response:
     found = services(request)
     metrics.observe_pool(found.db.pool_status())
@@ -86,7 +86,12 @@ async def openapi(request: Request) -> Response:
 
 
 @operation(
-    "GET", "/docs", summary="Human-readable API documentation (works offline)", tag=TAG, public=True
+    "GET",
+    "/docs",
+    summary="Human-readable API documentation (works offline)",
+    tag=TAG,
+    public=True,
+    media_type="text/html",
 )
 async def docs(request: Request) -> Response:
     return HTMLResponse(docs_page())
