@@ -35,7 +35,7 @@ from pipeline_db.transfer.target import Batch, Target, open_target
 from pipeline_db.transfer.verify import Verifier
 
 #: Converted batches waiting per writer of a table, at most.
-QUEUE_DEPTH = 2
+QUEUE_DEPTH = 1
 #: Attempts at a table when the target connection is lost, and the pause between them.
 RECONNECT_ATTEMPTS = 5
 RECONNECT_DELAY_S = 2.0

@@ -11,7 +11,7 @@ from pipeline_db.transfer.target import OnError
 
 ON_ERROR: tuple[OnError, ...] = ("abort", "skip", "repair")
 #: Worker processes copying tables at once (0: every table in this process).
-WORKERS = 3
+WORKERS = 2
 
 
 @dataclass(frozen=True, slots=True)

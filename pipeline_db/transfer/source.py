@@ -24,7 +24,7 @@ T = TypeVar("T")
 #: Rows of one batch at most (``--batch-size``).
 BATCH_ROWS = 10_000
 #: Bytes of text one batch aims at, so wide rows (transcripts) come fewer at a time.
-BATCH_BYTES = 4 * 1024 * 1024
+BATCH_BYTES = 2 * 1024 * 1024
 Transform = Callable[[list[tuple[Any, ...]]], T]
 
 
