@@ -59,6 +59,7 @@ progress = Table(
     Column("table_name", Text, primary_key=True),
     Column("done", Boolean, nullable=False),
     Column("deferred", Text, nullable=False),
+    Column("splits", Text),
     Column("settings", Text),
 )
 #: ... and one per committed batch: the key range it covered and its counts.
@@ -124,9 +125,15 @@ def _key(plan: TablePlan, source: Any, dialect: Dialect) -> ColumnElement[Any]:
 
 
 def select_rows(
-    plan: TablePlan, dialect: Dialect, *, after: bool, present: set[str], flags: bool = True
+    plan: TablePlan,
+    dialect: Dialect,
+    *,
+    after: bool,
+    present: set[str],
+    flags: bool = True,
+    upper: bool = False,
 ) -> Statement:
-    """A table's rows in key order, after a key or from the start.
+    """A table's rows in key order, after a key or from the start (up to ``upper``).
 
     On SQLite each row also carries a flag per foreign key (1: the parent row
     is missing) and per CHECK constraint (1: it fails): a legacy file enforced
@@ -150,13 +157,36 @@ def select_rows(
     query = select(*columns).select_from(source).order_by(key)
     if after:
         query = query.where(key > bindparam("after"))
+    if upper:
+        query = query.where(key <= bindparam("upper"))
     return render(query, dialect)
 
 
-def select_unordered(plan: TablePlan, dialect: Dialect) -> Statement:
-    """A table's copied columns, in no order (a checksum needs none)."""
+def select_unordered(
+    plan: TablePlan, dialect: Dialect, *, lower: bool = False, upper: bool = False
+) -> Statement:
+    """A table's copied columns in no order (a checksum needs none), within key bounds."""
     source = table(plan.name, *(column(c.name) for c in plan.columns))
-    return render(select(*source.c), dialect)
+    key = _key(plan, source, dialect)
+    query = select(*source.c)
+    if lower:
+        query = query.where(key > bindparam("lower"))
+    if upper:
+        query = query.where(key <= bindparam("upper"))
+    return render(query, dialect)
+
+
+def key_at(plan: TablePlan, dialect: Dialect) -> Statement:
+    """The key of the row at ``offset`` in key order (to split a table into ranges)."""
+    source = table(plan.name, column(plan.key))
+    key = _key(plan, source, dialect)
+    query = (
+        select(source.c[plan.key])
+        .order_by(key)
+        .limit(literal_column("1"))
+        .offset(bindparam("offset"))
+    )
+    return render(query, dialect)
 
 
 def first_rows(plan: TablePlan, dialect: Dialect) -> Statement:

@@ -10,7 +10,7 @@ from pipeline_db.transfer._zone import resolve_zone
 from pipeline_db.transfer.copy import migrate, plan, verify_only
 from pipeline_db.transfer.endpoints import endpoint_config
 from pipeline_db.transfer.errors import VerificationError
-from pipeline_db.transfer.options import ON_ERROR, WORKERS, MigrateOptions
+from pipeline_db.transfer.options import ON_ERROR, SPLIT_ROWS, WORKERS, MigrateOptions
 from pipeline_db.transfer.plan import render_plan
 from pipeline_db.transfer.report import MigrationReport, render
 from pipeline_db.transfer.source import BATCH_ROWS
@@ -62,6 +62,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"processes copying tables at once (default {WORKERS}; 0: one process)",
     )
     parser.add_argument(
+        "--split-rows",
+        type=int,
+        default=SPLIT_ROWS,
+        metavar="ROWS",
+        help=f"copy tables of more rows in key ranges, at once (default {SPLIT_ROWS:,}; 0: never)",
+    )
+    parser.add_argument(
         "--batch-size",
         type=int,
         default=BATCH_ROWS,
@@ -82,6 +89,7 @@ async def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         report=args.report,
         workers=args.workers,
+        split_rows=args.split_rows,
     )
     if args.dry_run:
         found = await plan(source, target, options)

@@ -13,8 +13,10 @@ its own (stop the pipeline's writers while it migrates).
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -32,7 +34,7 @@ from pipeline_db.transfer.progress import TableProgress
 from pipeline_db.transfer.report import MigrationReport, TableReport, write_report
 from pipeline_db.transfer.source import Source, open_source
 from pipeline_db.transfer.target import Target, TargetState, open_target
-from pipeline_db.transfer.verify import Verifier
+from pipeline_db.transfer.verify import Verifier, check_of
 
 #: Tables copied at once when no worker process can be forked (in this process).
 TABLES_AT_ONCE = 3
@@ -108,18 +110,20 @@ async def migrate(
             "on_error": options.on_error,
             "source_timezone": str(zone),
         }
-        states, resumed = await _start(target, settings, plans)
+        progress = await _start(target, settings)
         scheduler = _Scheduler(
+            source,
+            target,
             source_config,
             target_config,
             options,
             display,
             workers,
+            progress,
             snapshot=await source.export_snapshot(),
-            resumed=resumed,
             skipped=await target.skipped_keys(),
         )
-        results = await scheduler.run(await _order(source, plans), states)
+        results = await scheduler.run(await _order(source, plans))
         counters = {p.name: p.counter for p in plans if p.counter is not None}
         await target.finish(plans, counters)
         report = MigrationReport(
@@ -127,7 +131,7 @@ async def migrate(
             flavour=source.info.flavour,
             target=target.description,
             tables=[_table_report(p, results[p.name].state) for p in plans],
-            checks=[results[p.name].check for p in plans],
+            checks=[check_of(p.name, results[p.name].digests) for p in plans],
             notes=notes,
             not_copied=not_copied,
             verify_seconds=sum(results[p.name].check_seconds for p in plans),
@@ -198,37 +202,63 @@ async def verify_only(
     return report
 
 
+@dataclass(frozen=True, slots=True)
+class _Progress:
+    """What the target's progress records say at the start of a run."""
+
+    resumed: bool
+    tables: dict[str, Any]
+    batches: dict[str, list[Any]]
+
+    def of(self, plan: TablePlan, lower: Any = None, upper: Any = None) -> TableProgress:
+        """A table's progress, or its key range's."""
+        return TableProgress.read(
+            plan.name,
+            self.tables.get(plan.name),
+            self.batches.get(plan.name, []),
+            plan.key_kind,
+            lower=lower,
+            upper=upper,
+        )
+
+
 class _Scheduler:
-    """Runs the table jobs: parents before children, several at once."""
+    """Runs the jobs: parents before children, several at once, large tables in ranges.
+
+    The table-wide work is done here, on the migration's own target: setting
+    indexes aside before a table's jobs, building them back after the last.
+    """
 
     def __init__(
         self,
-        source: DatabaseConfig,
-        target: DatabaseConfig,
+        source: Source,
+        target: Target,
+        source_config: DatabaseConfig,
+        target_config: DatabaseConfig,
         options: MigrateOptions,
         display: Display,
         workers: ProcessPoolExecutor | None,
+        progress: _Progress,
         *,
         snapshot: str | None,
-        resumed: bool,
         skipped: dict[str, set[str]],
     ) -> None:
         self.source = source
         self.target = target
+        self.source_config = source_config
+        self.target_config = target_config
         self.options = options
         self.display = display
         self.workers = workers
+        self.progress = progress
         self.snapshot = snapshot
-        self.resumed = resumed
         self.skipped = skipped
+        self.slots = asyncio.Semaphore(options.workers or TABLES_AT_ONCE)
 
-    async def run(
-        self, plans: list[TablePlan], states: dict[str, TableProgress]
-    ) -> dict[str, TableResult]:
-        """Run every table's job, in ``plans`` order as slots free up; their results."""
+    async def run(self, plans: list[TablePlan]) -> dict[str, TableResult]:
+        """Run every table's jobs, in ``plans`` order as slots free up; their results."""
         names = {p.name for p in plans}
         finished = {p.name: asyncio.Event() for p in plans}
-        slots = asyncio.Semaphore(self.options.workers or TABLES_AT_ONCE)
         results: dict[str, TableResult] = {}
         relay = ProgressRelay(self.display) if self.workers is not None else None
 
@@ -236,19 +266,7 @@ class _Scheduler:
             parents = {link.parent for link in plan.parents} & names - {plan.name}
             for parent in parents:
                 await finished[parent].wait()
-            job = TableJob(
-                source=self.source,
-                target=self.target,
-                plan=plan,
-                options=self.options,
-                state=states[plan.name],
-                skipped={n: self.skipped.get(n, set()) for n in {plan.name, *parents}},
-                resumed=self.resumed,
-                snapshot=self.snapshot,
-            )
-            async with slots:
-                results[plan.name] = result = await self._run(job)
-            self.skipped[plan.name] = result.left_out
+            results[plan.name] = await self._table(plan, parents)
             finished[plan.name].set()
 
         try:
@@ -262,11 +280,67 @@ class _Scheduler:
                 relay.stop()
         return results
 
+    async def _table(self, plan: TablePlan, parents: set[str]) -> TableResult:
+        started = time.perf_counter()
+        state = self.progress.of(plan)
+        if not state.done:
+            if not state.started and not state.splits:
+                state = replace(state, splits=await self._splits(plan))
+            state = await self.target.start_table(plan, state)
+        self.display.start(plan.name, plan.rows, state.copied + state.skipped)
+        bounds = list(zip((None, *state.splits), (*state.splits, None), strict=True))
+        skipped = {n: self.skipped.get(n, set()) for n in {plan.name, *parents}}
+        jobs = [
+            TableJob(
+                source=self.source_config,
+                target=self.target_config,
+                plan=plan,
+                options=self.options,
+                state=self.progress.of(plan, lower, upper),
+                skipped=skipped,
+                resumed=self.progress.resumed,
+                snapshot=self.snapshot,
+                lower=lower,
+                upper=upper,
+            )
+            for lower, upper in bounds
+        ]
+        parts = await asyncio.gather(*(self._run(job) for job in jobs))
+        whole = parts[0]
+        for part in parts[1:]:
+            whole = TableResult(
+                whole.state.merged(part.state),
+                whole.digests + part.digests,
+                whole.left_out | part.left_out,
+                whole.check_seconds + part.check_seconds,
+            )
+        table_state = replace(
+            whole.state, splits=state.splits, deferred=state.deferred, done=state.done
+        )
+        if not table_state.done:
+            table_state = await self.target.finish_table(plan, table_state)
+        self.skipped[plan.name] = whole.left_out
+        self.display.finish(plan.name)
+        seconds = time.perf_counter() - started
+        return replace(whole, state=replace(table_state, seconds=seconds))
+
+    async def _splits(self, plan: TablePlan) -> tuple[Any, ...]:
+        """Keys splitting a large table into ranges of about ``split_rows`` rows each."""
+        if self.options.split_rows < 1:
+            return ()
+        concurrency = self.options.workers or TABLES_AT_ONCE
+        parts = min(concurrency, math.ceil(plan.rows / self.options.split_rows))
+        if parts < 2:
+            return ()
+        keys = [await self.source.key_at(plan, plan.rows * i // parts) for i in range(1, parts)]
+        return tuple(sorted({k for k in keys if k is not None}))
+
     async def _run(self, job: TableJob) -> TableResult:
-        if self.workers is None:
-            return await run_table(job, self.display)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.workers, run_in_worker, job)
+        async with self.slots:
+            if self.workers is None:
+                return await run_table(job, self.display)
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self.workers, run_in_worker, job)
 
 
 async def _order(source: Source, plans: list[TablePlan]) -> list[TablePlan]:
@@ -279,10 +353,8 @@ async def _order(source: Source, plans: list[TablePlan]) -> list[TablePlan]:
     return sorted(plans, key=lambda p: (levels[p.name], -sizes[p.name]))
 
 
-async def _start(
-    target: Target, settings: dict[str, Any], plans: list[TablePlan]
-) -> tuple[dict[str, TableProgress], bool]:
-    """Each table's progress, and whether an earlier run had started (a resume)."""
+async def _start(target: Target, settings: dict[str, Any]) -> _Progress:
+    """The progress records of the target (and whether an earlier run had started)."""
     found, rows, records = await target.start(settings)
     if found is not None and found != settings:
         differing = ", ".join(
@@ -292,15 +364,10 @@ async def _start(
             f"the interrupted migration into this target ran with {differing}: resume it "
             "with the same options, or start over with --replace"
         )
-    tables = {row[0]: row[1:] for row in rows}
     batches: dict[str, list[Any]] = {}
     for record in records:
         batches.setdefault(record[0], []).append(record[1:])
-    states = {
-        p.name: TableProgress.read(p.name, tables.get(p.name), batches.get(p.name, []), p.key_kind)
-        for p in plans
-    }
-    return states, found is not None
+    return _Progress(found is not None, {row[0]: row[1:] for row in rows}, batches)
 
 
 def _check_pair(source: DatabaseConfig, target: DatabaseConfig) -> None:

@@ -1,9 +1,11 @@
 """One table's copy and verification, self-contained: in a worker process or in this one.
 
-A :class:`TableJob` carries all a table's copy needs (both configurations,
-the table's plan, its progress, the keys of rows left out so far); the job
-opens its own connections, copies the table in batches, rebuilds what the
-target set aside, and verifies the table, returning a :class:`TableResult`.
+A :class:`TableJob` carries all the copy of a table, or of one key range of
+a large table, needs (both configurations, the table's plan, the range's
+progress, the keys of rows left out so far); the job opens its own
+connections, copies the range in batches and verifies it, returning a
+:class:`TableResult`. What concerns the whole table (setting indexes aside
+and building them back) is the migrating process's (:mod:`.copy`).
 
 Within a job, a reader streams the table's rows in key order and converts
 them where they are read (the SQLite reader's thread), while
@@ -20,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from pipeline_db.config import DatabaseConfig
 from pipeline_db.errors import TransientError
@@ -29,10 +32,9 @@ from pipeline_db.transfer.layout import TablePlan
 from pipeline_db.transfer.options import MigrateOptions
 from pipeline_db.transfer.policy import RowConverter
 from pipeline_db.transfer.progress import BatchRecord, TableProgress
-from pipeline_db.transfer.report import TableCheck
 from pipeline_db.transfer.source import BatchSizer, Source, open_source
 from pipeline_db.transfer.target import Batch, Target, open_target
-from pipeline_db.transfer.verify import Verifier
+from pipeline_db.transfer.verify import Digests, Verifier
 
 #: Converted batches waiting per writer of a table, at most.
 QUEUE_DEPTH = 1
@@ -57,6 +59,8 @@ class TableJob:
             then read again for the verification).
         snapshot: a PostgreSQL source's exported snapshot, so every job reads
             the same moment.
+        lower: the range's lower bound, excluded (None: the table's start).
+        upper: the range's upper bound, included (None: the table's end).
     """
 
     source: DatabaseConfig
@@ -67,6 +71,8 @@ class TableJob:
     skipped: dict[str, set[str]] = field(default_factory=dict)
     resumed: bool = False
     snapshot: str | None = None
+    lower: Any = None
+    upper: Any = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,14 +80,14 @@ class TableResult:
     """What a table's job did.
 
     Attributes:
-        state: the table's progress at the end (done).
-        check: its verification.
+        state: the range's progress at the end (every row copied).
+        digests: its verification's counts and hash sums, both sides.
         left_out: keys of its rows left out (its children leave theirs out).
         check_seconds: time the verification took.
     """
 
     state: TableProgress
-    check: TableCheck
+    digests: Digests
     left_out: set[str]
     check_seconds: float = 0.0
 
@@ -104,9 +110,10 @@ async def run_table(job: TableJob, display: Display) -> TableResult:
             display,
         )
         started = time.perf_counter()
-        check = await verifier.table(job.plan, None if job.resumed else copier.digest)
+        known = None if job.resumed else copier.digest
+        digests = await verifier.digests(job.plan, known, lower=job.lower, upper=job.upper)
         left_out = copier.skipped.get(job.plan.name, set())
-        return TableResult(state, check, left_out, time.perf_counter() - started)
+        return TableResult(state, digests, left_out, time.perf_counter() - started)
     finally:
         await source.close()
         await target.close()
@@ -128,7 +135,6 @@ class _TableCopier:
         """Copy the table to the end, from where its progress says it stopped."""
         state = self.job.state
         started = time.perf_counter()
-        self.display.start(self.plan.name, self.plan.rows, state.copied + state.skipped)
         for attempt in range(1, RECONNECT_ATTEMPTS + 1):
             try:
                 state = await self._copy(state)
@@ -144,7 +150,6 @@ class _TableCopier:
                 await asyncio.sleep(RECONNECT_DELAY_S * attempt)
                 await self.target.reconnect()
                 state = await self._committed()
-        self.display.finish(self.plan.name)
         return replace(state, seconds=time.perf_counter() - started)
 
     async def _committed(self) -> TableProgress:
@@ -154,14 +159,20 @@ class _TableCopier:
         batches = [r[1:] for r in records if r[0] == self.plan.name]
         left_out = await self.target.skipped_keys()
         self.skipped[self.plan.name] = left_out.get(self.plan.name, set())
-        return TableProgress.read(self.plan.name, table, batches, self.plan.key_kind)
+        return TableProgress.read(
+            self.plan.name,
+            table,
+            batches,
+            self.plan.key_kind,
+            lower=self.job.lower,
+            upper=self.job.upper,
+        )
 
     async def _copy(self, state: TableProgress) -> TableProgress:
         if state.done:
             return state
         plan = self.plan
         fresh = not state.started
-        state = await self.target.start_table(plan, state)
         converter = RowConverter(
             plan,
             source=self.source.dialect,
@@ -174,7 +185,7 @@ class _TableCopier:
             after=state.last_key,
             committed=state.committed if state.beyond else None,
         )
-        if fresh:
+        if fresh and self.job.lower is None:  # the first range reports NULL keys
             nulls = await self.source.null_keys(plan)
             if nulls:
                 state = state.added(await self._write(converter.null_keys(nulls)))
@@ -185,7 +196,10 @@ class _TableCopier:
         refused = False
 
         async def read() -> None:
-            async for batch in self.source.scan(plan, converter, after=state.last_key, sizer=sizer):
+            scan = self.source.scan(
+                plan, converter, after=state.last_key, upper=self.job.upper, sizer=sizer
+            )
+            async for batch in scan:
                 await queue.put(batch)
             for _ in range(writers):
                 await queue.put(None)
@@ -207,7 +221,6 @@ class _TableCopier:
                     group.create_task(write())
         except BaseExceptionGroup as group:
             raise group.exceptions[0] from None
-        state = await self.target.finish_table(plan, state)
         if fresh and not refused:
             self.digest = (digest[0], digest[1] & _MASK)
         return state

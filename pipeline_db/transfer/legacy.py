@@ -93,6 +93,7 @@ class SQLiteSource:
         transform: Transform[T],
         *,
         after: Any = None,
+        upper: Any = None,
         sizer: BatchSizer,
         checked: bool = True,
     ) -> AsyncIterator[T]:
@@ -101,13 +102,15 @@ class SQLiteSource:
         With ``checked`` each row carries a flag per foreign key (parent row
         missing) and per CHECK constraint (failing), after its columns.
         """
+        bounded = upper is not None
+        present = set(self.info.tables)
         statement = _sql.select_rows(
-            plan, "sqlite", after=after is not None, present=set(self.info.tables), flags=checked
+            plan, "sqlite", after=after is not None, present=present, flags=checked, upper=bounded
         )
         resume_at = _sql.select_rows(
-            plan, "sqlite", after=True, present=set(self.info.tables), flags=checked
+            plan, "sqlite", after=True, present=present, flags=checked, upper=bounded
         )
-        args = statement.args({"after": after})
+        args = statement.args({"after": after, "upper": upper})
         cursors = [await self._call(lambda: self._db.execute(statement.sql, args))]
         last = [after]
 
@@ -125,7 +128,11 @@ class SQLiteSource:
                 if last[0] is None:
                     cursors.append(self._db.execute(statement.sql, args))
                 else:
-                    cursors.append(self._db.execute(resume_at.sql, [last[0]]))
+                    cursors.append(
+                        self._db.execute(
+                            resume_at.sql, resume_at.args({"after": last[0], "upper": upper})
+                        )
+                    )
                 batch = cursors[-1].fetchmany(sizer.next)
             if not batch:
                 return None
@@ -138,6 +145,13 @@ class SQLiteSource:
                 yield result[0]
         finally:
             await self._call(cursors[-1].close)
+
+    async def key_at(self, plan: TablePlan, offset: int) -> Any:
+        """The key of the row at ``offset`` in key order (to split a table)."""
+        statement = _sql.key_at(plan, "sqlite")
+        args = statement.args({"offset": offset})
+        rows = await self._call(lambda: self._db.execute(statement.sql, args).fetchall())
+        return rows[0][0] if rows else None
 
     async def row_width(self, plan: TablePlan) -> float:
         """The average width in bytes of the table's first rows (to schedule the copy)."""

@@ -12,6 +12,8 @@ from pipeline_db.transfer.target import OnError
 ON_ERROR: tuple[OnError, ...] = ("abort", "skip", "repair")
 #: Worker processes copying tables at once (0: every table in this process).
 WORKERS = 2
+#: Tables with more rows are copied in key ranges by several workers at once.
+SPLIT_ROWS = 250_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +30,8 @@ class MigrateOptions:
         batch_size: rows per batch at most.
         report: where the report file goes (None: ``pipeline-db-migrate-<time>.json``).
         workers: worker processes copying tables at once (0: all in this process).
+        split_rows: tables with more rows are split into key ranges copied at
+            once (0: never split).
     """
 
     on_error: OnError = "abort"
@@ -37,10 +41,13 @@ class MigrateOptions:
     batch_size: int = BATCH_ROWS
     report: Path | None = None
     workers: int = WORKERS
+    split_rows: int = SPLIT_ROWS
 
     def __post_init__(self) -> None:
         if self.on_error not in ON_ERROR:
             raise ConfigurationError(f"on_error must be one of {', '.join(ON_ERROR)}")
+        if self.split_rows < 0:
+            raise ConfigurationError("split_rows must be 0 or more")
         if self.workers < 0:
             raise ConfigurationError("workers must be 0 or more")
         if self.batch_size < 1:

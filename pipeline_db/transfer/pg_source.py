@@ -108,6 +108,7 @@ class PostgreSQLSource:
         transform: Transform[T],
         *,
         after: Any = None,
+        upper: Any = None,
         sizer: BatchSizer,
         checked: bool = True,
     ) -> AsyncIterator[T]:
@@ -115,10 +116,13 @@ class PostgreSQLSource:
 
         PostgreSQL enforced every constraint, so rows carry no flags.
         """
-        statement = _sql.select_rows(plan, "postgresql", after=after is not None, present=set())
+        statement = _sql.select_rows(
+            plan, "postgresql", after=after is not None, present=set(), upper=upper is not None
+        )
+        args = statement.args({"after": after, "upper": upper})
         try:
             async with self._turn:
-                cursor = await self._conn.cursor(statement.sql, *statement.args({"after": after}))
+                cursor = await self._conn.cursor(statement.sql, *args)
             while True:
                 async with self._turn:
                     batch = await cursor.fetch(sizer.next)
@@ -128,6 +132,13 @@ class PostgreSQLSource:
                 yield transform(batch)
         except (asyncpg.PostgresError, OSError) as error:
             raise driver_error(error, self.config) from error
+
+    async def key_at(self, plan: TablePlan, offset: int) -> Any:
+        """The key of the row at ``offset`` in key order (to split a table)."""
+        statement = _sql.key_at(plan, "postgresql")
+        return await self._value(
+            _sql.Statement(statement.sql, statement.params, {"offset": offset})
+        )
 
     async def row_width(self, plan: TablePlan) -> float:
         """The average width in bytes of the table's first rows (to schedule the copy)."""

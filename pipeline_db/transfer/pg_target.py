@@ -218,8 +218,8 @@ class PostgreSQLTarget:
         table's progress in the same transaction, so they come back exactly
         (and even after a crash, when the resumed load finishes).
         """
-        if state.done or state.deferred:
-            return state
+        if state.done or state.deferred or state.started:
+            return state  # set aside by an earlier run already
         async with self._connection() as db, db.transaction():
             indexes = await db.fetch(_sql.set_aside_indexes().sql, plan.name)
             keys = await db.fetch(_sql.set_aside_foreign_keys().sql, plan.name)
@@ -275,12 +275,21 @@ class PostgreSQLTarget:
                 await db.execute(statement.sql)
 
     async def scan(
-        self, plan: TablePlan, transform: Transform[T], sizer: BatchSizer
+        self,
+        plan: TablePlan,
+        transform: Transform[T],
+        sizer: BatchSizer,
+        *,
+        lower: Any = None,
+        upper: Any = None,
     ) -> AsyncIterator[T]:
-        """The table's copied columns in no order (verification), in one snapshot."""
-        statement = _sql.select_unordered(plan, self.dialect)
+        """The table's copied columns in ``(lower, upper]``, in no order, in one snapshot."""
+        statement = _sql.select_unordered(
+            plan, self.dialect, lower=lower is not None, upper=upper is not None
+        )
+        args = statement.args({"lower": lower, "upper": upper})
         async with self._connection() as db, db.transaction(readonly=True):
-            cursor = await db.cursor(statement.sql)
+            cursor = await db.cursor(statement.sql, *args)
             while batch := await cursor.fetch(sizer.next):
                 sizer.observe(batch)
                 yield transform(batch)

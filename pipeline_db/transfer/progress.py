@@ -110,6 +110,8 @@ class TableProgress:
         conversions: per column, how many values each conversion applied to.
         deferred: DDL the target runs when the table is done (indexes and
             foreign keys it set aside for the load).
+        splits: keys splitting the table into ranges copied at once (kept, so
+            a resumed copy splits it alike).
     """
 
     name: str
@@ -123,6 +125,7 @@ class TableProgress:
     done: bool = False
     conversions: dict[str, Counter[str]] = field(default_factory=dict)
     deferred: tuple[str, ...] = ()
+    splits: tuple[Any, ...] = ()
 
     def added(self, record: BatchRecord) -> TableProgress:
         """The progress with one more committed batch (its counts; the chain is read back)."""
@@ -144,45 +147,81 @@ class TableProgress:
         index = bisect.bisect_left(self.beyond, (key,)) - 1  # the last range starting below
         return index >= 0 and self.beyond[index][0] < key <= self.beyond[index][1]
 
+    def merged(self, other: TableProgress) -> TableProgress:
+        """The progress of two key ranges of the table together (counts and conversions)."""
+        conversions = {c: Counter(n) for c, n in self.conversions.items()}
+        for column, counts in other.conversions.items():
+            conversions.setdefault(column, Counter()).update(counts)
+        return replace(
+            self,
+            started=self.started or other.started,
+            copied=self.copied + other.copied,
+            skipped=self.skipped + other.skipped,
+            repaired=self.repaired + other.repaired,
+            seconds=max(self.seconds, other.seconds),
+            conversions=conversions,
+        )
+
     def table_row(self) -> dict[str, Any]:
-        """The table's own record: done, and the DDL set aside."""
+        """The table's own record: done, the DDL set aside, the split keys."""
         return {
             "table_name": self.name,
             "done": self.done,
             "deferred": json.dumps(list(self.deferred)),
+            "splits": json.dumps([str(k) for k in self.splits]),
             "settings": None,
         }
 
     @classmethod
     def read(
-        cls, name: str, table_row: Any | None, batch_rows: list[Any], key_kind: Kind
+        cls,
+        name: str,
+        table_row: Any | None,
+        batch_rows: list[Any],
+        key_kind: Kind,
+        *,
+        lower: Any = None,
+        upper: Any = None,
     ) -> TableProgress:
-        """The progress of a table from its record and its batches' records."""
+        """The progress of a table (or of its key range ``(lower, upper]``) from the records.
+
+        A batch belongs to the range its ``after_key`` falls in (batches never
+        cross a range's bounds); the chain of committed ranges starts at ``lower``.
+        """
 
         def key(text: Any) -> Any:
             return text if text is None or key_kind == "text" else int(text)
 
+        def within(after: Any) -> bool:
+            if lower is not None and (after is None or after < lower):
+                return False
+            return upper is None or after is None or after < upper
+
         counts: Counter[str] = Counter()
         conversions: dict[str, Counter[str]] = {}
         ranges: dict[Any, Any] = {}
-        for after, last, copied, skipped, repaired, seconds, converted in batch_rows:
-            counts.update(copied=copied, skipped=skipped, repaired=repaired)
+        for raw_after, last, copied, skipped, repaired, seconds, converted in batch_rows:
+            after = key(raw_after)
+            if not within(after):
+                continue
+            counts.update(copied=copied, skipped=skipped, repaired=repaired, batches=1)
             counts["microseconds"] += int(seconds * 1e6)
             for column, n in json.loads(converted).items():
                 conversions.setdefault(column, Counter()).update(n)
             if last is not None:
-                ranges[key(after)] = key(last)
-        end = None
+                ranges[after] = key(last)
+        end = lower
         while end in ranges:
             end = ranges.pop(end)
-        done, deferred = (
-            (bool(table_row[0]), tuple(json.loads(table_row[1]))) if table_row else (False, ())
-        )
+        done, deferred, splits = False, (), ()
+        if table_row:
+            done, deferred = bool(table_row[0]), tuple(json.loads(table_row[1]))
+            splits = tuple(key(k) for k in json.loads(table_row[2] or "[]"))
         return cls(
             name=name,
             last_key=end,
             beyond=tuple(sorted(ranges.items())),
-            started=bool(batch_rows),
+            started=counts["batches"] > 0,
             copied=counts["copied"],
             skipped=counts["skipped"],
             repaired=counts["repaired"],
@@ -190,6 +229,7 @@ class TableProgress:
             done=done,
             conversions=conversions,
             deferred=deferred,
+            splits=splits,
         )
 
 
@@ -199,6 +239,7 @@ def settings_row(settings: dict[str, Any]) -> dict[str, Any]:
         "table_name": SETTINGS_ROW,
         "done": False,
         "deferred": "[]",
+        "splits": None,
         "settings": json.dumps(settings, sort_keys=True),
     }
 
@@ -206,7 +247,7 @@ def settings_row(settings: dict[str, Any]) -> dict[str, Any]:
 def read_settings(rows: list[Any]) -> dict[str, Any] | None:
     """The settings a migration in progress was started with, if any (from table records)."""
     for row in rows:
-        if row[0] == SETTINGS_ROW and row[3] is not None:
-            settings: dict[str, Any] = json.loads(row[3])
+        if row[0] == SETTINGS_ROW and row[4] is not None:
+            settings: dict[str, Any] = json.loads(row[4])
             return settings
     return None

@@ -88,6 +88,7 @@ class Source(Protocol):
         transform: Transform[T],
         *,
         after: Any = None,
+        upper: Any = None,
         sizer: BatchSizer,
         checked: bool = True,
     ) -> AsyncIterator[T]:
@@ -97,9 +98,14 @@ class Source(Protocol):
             plan: the table and its columns.
             transform: applied to each batch of raw rows where they were read.
             after: the last key already copied (None: from the start).
+            upper: the last key to read (None: to the end).
             sizer: sizes the fetches.
             checked: on SQLite, append a flag per foreign key and CHECK constraint.
         """
+        ...
+
+    async def key_at(self, plan: TablePlan, offset: int) -> Any:
+        """The key of the row at ``offset`` in key order (to split a table)."""
         ...
 
     async def row_width(self, plan: TablePlan) -> float:

@@ -193,7 +193,9 @@ class SQLiteTarget:
         return await self._call(work)
 
     async def start_table(self, plan: TablePlan, state: TableProgress) -> TableProgress:
-        """Nothing to set aside: SQLite loads with its indexes and triggers in place."""
+        """Record the split keys; nothing is set aside (indexes and triggers stay)."""
+        statement = _sql.save_progress("sqlite")
+        await self._call(lambda: self._db.execute(statement.sql, statement.args(state.table_row())))
         return state
 
     async def finish_table(self, plan: TablePlan, state: TableProgress) -> TableProgress:
@@ -250,13 +252,22 @@ class SQLiteTarget:
         await self._call(work)
 
     async def scan(
-        self, plan: TablePlan, transform: Transform[T], sizer: BatchSizer
+        self,
+        plan: TablePlan,
+        transform: Transform[T],
+        sizer: BatchSizer,
+        *,
+        lower: Any = None,
+        upper: Any = None,
     ) -> AsyncIterator[T]:
-        """The table's copied columns in no order (verification), in one snapshot.
+        """The table's copied columns in ``(lower, upper]``, in no order, in one snapshot.
 
         Read on a connection and thread of their own, while other tables load.
         """
-        statement = _sql.select_unordered(plan, "sqlite")
+        statement = _sql.select_unordered(
+            plan, "sqlite", lower=lower is not None, upper=upper is not None
+        )
+        args = statement.args({"lower": lower, "upper": upper})
         reader = ThreadPoolExecutor(1, thread_name_prefix="pipeline-db-migrate-verify")
         loop = asyncio.get_running_loop()
 
@@ -264,7 +275,7 @@ class SQLiteTarget:
             uri = f"{self.path.resolve().as_uri()}?mode=ro"
             conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
             conn.execute("BEGIN")
-            return conn, conn.execute(statement.sql)
+            return conn, conn.execute(statement.sql, args)
 
         def fetch() -> T | None:
             batch = cursor.fetchmany(sizer.next)

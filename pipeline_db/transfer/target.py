@@ -113,7 +113,7 @@ class Target(Protocol):
         ...
 
     async def start_table(self, plan: TablePlan, state: TableProgress) -> TableProgress:
-        """Prepare a table for its load (PostgreSQL sets indexes and foreign keys aside)."""
+        """Record the table's start and its split keys; PostgreSQL sets indexes aside."""
         ...
 
     async def finish_table(self, plan: TablePlan, state: TableProgress) -> TableProgress:
@@ -132,8 +132,16 @@ class Target(Protocol):
         """Drop the progress tables: the target's schema is Alembic's again."""
         ...
 
-    def scan(self, plan: TablePlan, transform: Transform[T], sizer: BatchSizer) -> AsyncIterator[T]:
-        """The table's copied columns, in no order, batch by batch (verification)."""
+    def scan(
+        self,
+        plan: TablePlan,
+        transform: Transform[T],
+        sizer: BatchSizer,
+        *,
+        lower: Any = None,
+        upper: Any = None,
+    ) -> AsyncIterator[T]:
+        """The copied columns of the keys in ``(lower, upper]``, in no order (verification)."""
         ...
 
     async def reconnect(self) -> None:

@@ -16,6 +16,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import tzinfo
+from typing import Any
 
 from pipeline_db.transfer.display import Display
 from pipeline_db.transfer.layout import TablePlan
@@ -52,16 +53,31 @@ class Verifier:
 
     async def table(self, plan: TablePlan, known: tuple[int, int] | None = None) -> TableCheck:
         """Compare one table; ``known``: the source digest the copy computed as it read."""
-        self.display.log(f"verifying {plan.name}")
+        return check_of(plan.name, await self.digests(plan, known))
+
+    async def digests(
+        self,
+        plan: TablePlan,
+        known: tuple[int, int] | None = None,
+        *,
+        lower: Any = None,
+        upper: Any = None,
+    ) -> Digests:
+        """Both sides' row counts and hash sums for the keys in ``(lower, upper]``.
+
+        ``known``: the source side, as the copy computed it from the rows it read.
+        """
         target_side = _total(
             self.target.scan(
-                plan, target_digester(plan, self.target.dialect), BatchSizer(self.batch_size)
+                plan,
+                target_digester(plan, self.target.dialect),
+                BatchSizer(self.batch_size),
+                lower=lower,
+                upper=upper,
             )
         )
         if known is not None:
-            source_rows, source_sum = known
-            target_rows, target_sum = await target_side
-            return _check(plan.name, source_rows, source_sum, target_rows, target_sum)
+            return Digests(*known, *await target_side)
         converter = RowConverter(
             plan,
             source=self.source.dialect,
@@ -74,13 +90,18 @@ class Verifier:
         )
         source_side = _total(
             self.source.scan(
-                plan, converter.digest, sizer=BatchSizer(self.batch_size), checked=True
+                plan,
+                converter.digest,
+                after=lower,
+                upper=upper,
+                sizer=BatchSizer(self.batch_size),
+                checked=True,
             )
         )
         (source_rows, source_sum), (target_rows, target_sum) = await asyncio.gather(
             source_side, target_side
         )
-        return _check(plan.name, source_rows, source_sum, target_rows, target_sum)
+        return Digests(source_rows, source_sum, target_rows, target_sum)
 
     async def tables(self, plans: list[TablePlan]) -> list[TableCheck]:
         """Compare every table, in foreign-key order (a parent's left-out rows leave
@@ -88,10 +109,34 @@ class Verifier:
         return [await self.table(plan) for plan in plans]
 
 
-def _check(
-    name: str, source_rows: int, source_sum: int, target_rows: int, target_sum: int
-) -> TableCheck:
-    return TableCheck(name, source_rows, target_rows, f"{source_sum:016x}", f"{target_sum:016x}")
+@dataclass(frozen=True, slots=True)
+class Digests:
+    """Both sides of a table (or of a key range of it): row counts and hash sums."""
+
+    source_rows: int
+    source_sum: int
+    target_rows: int
+    target_sum: int
+
+    def __add__(self, other: Digests) -> Digests:
+        """Two key ranges of a table together."""
+        return Digests(
+            self.source_rows + other.source_rows,
+            (self.source_sum + other.source_sum) & _MASK,
+            self.target_rows + other.target_rows,
+            (self.target_sum + other.target_sum) & _MASK,
+        )
+
+
+def check_of(name: str, digests: Digests) -> TableCheck:
+    """The table's check from its digests."""
+    return TableCheck(
+        name,
+        digests.source_rows,
+        digests.target_rows,
+        f"{digests.source_sum:016x}",
+        f"{digests.target_sum:016x}",
+    )
 
 
 async def _total(batches: AsyncIterator[tuple[int, int]]) -> tuple[int, int]:

@@ -241,8 +241,10 @@ async def test_round_trip_gives_the_same_content(tmp_path: Path, pg_database: Co
     first, second = await pg_database(), await pg_database()
     middle = sqlite_config(tmp_path / "middle.db")
 
-    await run(sqlite_config(source), first, options(tmp_path, on_error="repair"))
-    await run(first, middle, options(tmp_path))
+    # In this process, large tables in three key ranges at once; then the defaults.
+    in_ranges = options(tmp_path, on_error="repair", workers=0, split_rows=100)
+    await run(sqlite_config(source), first, in_ranges)
+    await run(first, middle, options(tmp_path, split_rows=100))
     await run(middle, second, options(tmp_path))
 
     in_first = await snapshot(first)
@@ -342,7 +344,8 @@ async def test_error_policy_does_what_it_says(
     source, data = legacy(tmp_path, 5)
     pg = await pg_database()
 
-    report = await run(sqlite_config(source), pg, options(tmp_path, on_error=policy))
+    # processing_log and processing_metrics are copied in two key ranges at once.
+    report = await run(sqlite_config(source), pg, options(tmp_path, on_error=policy, split_rows=60))
 
     assert_holds(await snapshot(pg), data.expected(policy))
     listed = issues(report)
@@ -561,6 +564,8 @@ async def test_sigkill_during_the_largest_table_then_resume(
         ZONE.key,
         "--report",
         str(tmp_path / "report.json"),
+        "--split-rows",  # processing_log in two key ranges, one per worker process
+        "20000",
     ]
     process = await asyncio.create_subprocess_exec(
         CLI, *args, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
