@@ -122,7 +122,8 @@ class PostgreSQLSource:
         args = statement.args({"after": after, "upper": upper})
         try:
             async with self._turn:
-                cursor = await self._conn.cursor(statement.sql, *args)
+                # Unnamed when the statement cache is off (PgBouncer): see pg_target.
+                cursor = await (await self._conn.prepare(statement.sql)).cursor(*args)
             while True:
                 async with self._turn:
                     batch = await cursor.fetch(sizer.next)

@@ -265,7 +265,11 @@ class PostgreSQLTarget:
         """Every recorded issue, in the order found."""
         statement = _sql.read_issues(self.dialect, skipped_only=False)
         async with self._connection() as db, db.transaction(readonly=True):
-            async for row in db.cursor(statement.sql, *statement.args()):
+            # Through a prepared statement: unnamed when the statement cache is
+            # off (PgBouncer), where asyncpg's own cursors would use a name that
+            # another process's connection may already have prepared.
+            prepared = await db.prepare(statement.sql)
+            async for row in prepared.cursor(*statement.args()):
                 yield Issue(*row)
 
     async def complete(self) -> None:
@@ -289,7 +293,7 @@ class PostgreSQLTarget:
         )
         args = statement.args({"lower": lower, "upper": upper})
         async with self._connection() as db, db.transaction(readonly=True):
-            cursor = await db.cursor(statement.sql, *args)
+            cursor = await (await db.prepare(statement.sql)).cursor(*args)
             while batch := await cursor.fetch(sizer.next):
                 sizer.observe(batch)
                 yield transform(batch)
