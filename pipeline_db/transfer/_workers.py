@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import gc
 import multiprocessing
 import os
 import signal
@@ -40,6 +41,9 @@ def start_workers(size: int) -> ProcessPoolExecutor | None:
         return None
     context = multiprocessing.get_context("fork")
     _progress = context.SimpleQueue()
+    # Objects that exist now are shared with the workers, copy on write: keep the
+    # collector from touching (and so copying) them in every worker.
+    gc.freeze()
     pool = ProcessPoolExecutor(
         size, mp_context=context, initializer=_die_with_parent, initargs=(os.getpid(),)
     )

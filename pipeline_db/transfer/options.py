@@ -11,7 +11,7 @@ from pipeline_db.transfer.target import OnError
 
 ON_ERROR: tuple[OnError, ...] = ("abort", "skip", "repair")
 #: Worker processes copying tables at once (0: every table in this process).
-WORKERS = 2
+WORKERS = 3
 #: Tables with more rows are copied in key ranges by several workers at once.
 SPLIT_ROWS = 250_000
 
