@@ -1,12 +1,14 @@
 """Moving a pipeline between SQLite and PostgreSQL without losing or changing a value.
 
 ``pipeline-db migrate SOURCE TARGET`` runs :func:`migrate`: the target's
-schema comes from Alembic, every table is copied in foreign-key order in
-batches (COPY into PostgreSQL), values are converted column by column
-(:mod:`.convert`), bad rows follow ``--on-error`` (:mod:`.policy`), progress
-commits with each batch (:mod:`.progress`, ``--resume``), and both sides are
-checksummed at the end (:mod:`.verify`). Sources: a legacy ``pipeline.db``
-(schema_version 1 to 5) or pipeline-db's own database on either backend.
+schema comes from Alembic, the tables are copied parents first, several at
+once in worker processes (:mod:`.schedule`, :mod:`.job`), in batches (COPY
+into PostgreSQL), values converted column by column (:mod:`.convert`,
+:mod:`.columns`), bad rows following ``--on-error`` (:mod:`.policy`), each
+batch committing with its progress record (:mod:`.progress`, ``--resume``),
+and both sides of every table are checksummed (:mod:`.verify`). Sources: a
+legacy ``pipeline.db`` (schema_version 1 to 5, :mod:`.legacy`) or
+pipeline-db's own database on either backend.
 """
 
 from pipeline_db.transfer.copy import migrate, plan, verify_only

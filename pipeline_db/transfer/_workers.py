@@ -52,6 +52,14 @@ def start_workers(size: int) -> ProcessPoolExecutor | None:
     return pool
 
 
+def stop_workers(pool: ProcessPoolExecutor, *, failed: bool) -> None:
+    """Shut the workers down; after a failure, kill them (their jobs are of no use now)."""
+    if failed:
+        for process in list(getattr(pool, "_processes", {}).values()):  # no public handle
+            process.kill()
+    pool.shutdown(wait=not failed, cancel_futures=True)
+
+
 def run_in_worker(job: TableJob) -> TableResult:
     """Run a table's job in this worker process (exceptions travel back pickled)."""
     return asyncio.run(run_table(job, _QueueDisplay(_progress)))

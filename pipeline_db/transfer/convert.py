@@ -6,12 +6,14 @@ loose SQLite values (JSON text, 0/1 booleans, timestamps in two spellings),
 pipeline-db's own SQLite text, or asyncpg's typed values. It raises
 :class:`Problem` when a value cannot reach the target as it is, carrying the
 one safe fix when there is one (NUL characters stripped, NaN/Infinity to
-null). An *encoder* turns the typed value into what the target stores.
+null). :mod:`.columns` holds the column-wise fast paths (and the encoders
+into each target's storage) that agree with these decoders on every value
+they accept.
 
-Typed values: ``str``, ``int``, ``float``, ``bool``, an aware UTC ``datetime``,
-a ``date``, and JSON as compact JSON text (so JSON ``null`` stays distinct
-from SQL NULL). :func:`canonical_json` reduces JSON to the form both sides of a
-verification hash; :mod:`.columns` holds the column-wise fast paths.
+Typed values: ``str``, ``int``, ``float``, ``bool``, an aware ``datetime``,
+a ``date``, and JSON as JSON text (so JSON ``null`` stays distinct from SQL
+NULL). :func:`canonical_json` reduces JSON to the form both sides of a
+verification hash.
 """
 
 from __future__ import annotations

@@ -1,43 +1,36 @@
 """The migration: plan, prepare the target, copy the tables in parallel, verify, report.
 
 This module runs in the migrating process: it discovers the source, makes
-the target's schema (Alembic) and holds the migration lock, then runs one
-job per table (:mod:`pipeline_db.transfer.job`), parents before children,
+the target's schema (Alembic) and holds the migration lock, has the tables
+copied (:mod:`.schedule`: one job per table or key range of a large table,
 up to :data:`~pipeline_db.transfer.options.WORKERS` at once in worker
-processes, the widest tables first. Each job copies and verifies its table
-on connections of its own; a PostgreSQL source's jobs all read the snapshot
-this process exported, a SQLite file is read by each job in a snapshot of
-its own (stop the pipeline's writers while it migrates).
+processes), moves the identity sequences past the source's counters, and
+writes the report. Each job copies and verifies its rows on connections of
+its own; a PostgreSQL source's jobs all read the snapshot this process
+exported, while a SQLite file is read by each job in a snapshot of its own
+(stop the pipeline's writers while it migrates).
 """
 
 from __future__ import annotations
 
-import asyncio
-import math
 import time
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 from pipeline_db.config import DatabaseConfig
-from pipeline_db.transfer._workers import ProgressRelay, run_in_worker, start_workers
+from pipeline_db.transfer._workers import start_workers, stop_workers
 from pipeline_db.transfer._zone import resolve_zone
 from pipeline_db.transfer.display import Display, display_for
 from pipeline_db.transfer.errors import MigrationError, TargetNotEmptyError, VerificationError
-from pipeline_db.transfer.job import TableJob, TableResult, run_table
 from pipeline_db.transfer.layout import TablePlan
 from pipeline_db.transfer.options import MigrateOptions
 from pipeline_db.transfer.plan import MigrationPlan, discover
 from pipeline_db.transfer.progress import TableProgress
 from pipeline_db.transfer.report import MigrationReport, TableReport, write_report
-from pipeline_db.transfer.source import Source, open_source
+from pipeline_db.transfer.schedule import Scheduler, order, start
+from pipeline_db.transfer.source import open_source
 from pipeline_db.transfer.target import Target, TargetState, open_target
 from pipeline_db.transfer.verify import Verifier, check_of
-
-#: Tables copied at once when no worker process can be forked (in this process).
-TABLES_AT_ONCE = 3
 
 
 async def plan(
@@ -110,8 +103,8 @@ async def migrate(
             "on_error": options.on_error,
             "source_timezone": str(zone),
         }
-        progress = await _start(target, settings)
-        scheduler = _Scheduler(
+        progress = await start(target, settings)
+        scheduler = Scheduler(
             source,
             target,
             source_config,
@@ -123,7 +116,7 @@ async def migrate(
             snapshot=await source.export_snapshot(),
             skipped=await target.skipped_keys(),
         )
-        results = await scheduler.run(await _order(source, plans))
+        results = await scheduler.run(await order(source, plans))
         counters = {p.name: p.counter for p in plans if p.counter is not None}
         await target.finish(plans, counters)
         report = MigrationReport(
@@ -140,12 +133,17 @@ async def migrate(
         report.seconds = time.perf_counter() - started
         report.issues = await write_report(report.report_file, report, target.issues())
         await target.complete()
+    except BaseException:
+        if workers is not None:
+            stop_workers(workers, failed=True)
+            workers = None
+        raise
     finally:
         display.close()
         await source.close()
         await target.close()
         if workers is not None:
-            workers.shutdown(cancel_futures=True)
+            stop_workers(workers, failed=False)
     if not report.verified:
         raise VerificationError(
             "verification failed: " + "; ".join(c.describe() for c in report.checks if not c.ok),
@@ -200,174 +198,6 @@ async def verify_only(
             report=report,
         )
     return report
-
-
-@dataclass(frozen=True, slots=True)
-class _Progress:
-    """What the target's progress records say at the start of a run."""
-
-    resumed: bool
-    tables: dict[str, Any]
-    batches: dict[str, list[Any]]
-
-    def of(self, plan: TablePlan, lower: Any = None, upper: Any = None) -> TableProgress:
-        """A table's progress, or its key range's."""
-        return TableProgress.read(
-            plan.name,
-            self.tables.get(plan.name),
-            self.batches.get(plan.name, []),
-            plan.key_kind,
-            lower=lower,
-            upper=upper,
-        )
-
-
-class _Scheduler:
-    """Runs the jobs: parents before children, several at once, large tables in ranges.
-
-    The table-wide work is done here, on the migration's own target: setting
-    indexes aside before a table's jobs, building them back after the last.
-    """
-
-    def __init__(
-        self,
-        source: Source,
-        target: Target,
-        source_config: DatabaseConfig,
-        target_config: DatabaseConfig,
-        options: MigrateOptions,
-        display: Display,
-        workers: ProcessPoolExecutor | None,
-        progress: _Progress,
-        *,
-        snapshot: str | None,
-        skipped: dict[str, set[str]],
-    ) -> None:
-        self.source = source
-        self.target = target
-        self.source_config = source_config
-        self.target_config = target_config
-        self.options = options
-        self.display = display
-        self.workers = workers
-        self.progress = progress
-        self.snapshot = snapshot
-        self.skipped = skipped
-        self.slots = asyncio.Semaphore(options.workers or TABLES_AT_ONCE)
-
-    async def run(self, plans: list[TablePlan]) -> dict[str, TableResult]:
-        """Run every table's jobs, in ``plans`` order as slots free up; their results."""
-        names = {p.name for p in plans}
-        finished = {p.name: asyncio.Event() for p in plans}
-        results: dict[str, TableResult] = {}
-        relay = ProgressRelay(self.display) if self.workers is not None else None
-
-        async def one(plan: TablePlan) -> None:
-            parents = {link.parent for link in plan.parents} & names - {plan.name}
-            for parent in parents:
-                await finished[parent].wait()
-            results[plan.name] = await self._table(plan, parents)
-            finished[plan.name].set()
-
-        try:
-            async with asyncio.TaskGroup() as group:
-                for plan in plans:
-                    group.create_task(one(plan))
-        except BaseExceptionGroup as group:
-            raise group.exceptions[0] from None
-        finally:
-            if relay is not None:
-                relay.stop()
-        return results
-
-    async def _table(self, plan: TablePlan, parents: set[str]) -> TableResult:
-        started = time.perf_counter()
-        state = self.progress.of(plan)
-        if not state.done:
-            if not state.started and not state.splits:
-                state = replace(state, splits=await self._splits(plan))
-            state = await self.target.start_table(plan, state)
-        self.display.start(plan.name, plan.rows, state.copied + state.skipped)
-        bounds = list(zip((None, *state.splits), (*state.splits, None), strict=True))
-        skipped = {n: self.skipped.get(n, set()) for n in {plan.name, *parents}}
-        jobs = [
-            TableJob(
-                source=self.source_config,
-                target=self.target_config,
-                plan=plan,
-                options=self.options,
-                state=self.progress.of(plan, lower, upper),
-                skipped=skipped,
-                resumed=self.progress.resumed,
-                snapshot=self.snapshot,
-                lower=lower,
-                upper=upper,
-            )
-            for lower, upper in bounds
-        ]
-        parts = await asyncio.gather(*(self._run(job) for job in jobs))
-        whole = parts[0]
-        for part in parts[1:]:
-            whole = TableResult(
-                whole.state.merged(part.state),
-                whole.digests + part.digests,
-                whole.left_out | part.left_out,
-                whole.check_seconds + part.check_seconds,
-            )
-        table_state = replace(
-            whole.state, splits=state.splits, deferred=state.deferred, done=state.done
-        )
-        if not table_state.done:
-            table_state = await self.target.finish_table(plan, table_state)
-        self.skipped[plan.name] = whole.left_out
-        self.display.finish(plan.name)
-        seconds = time.perf_counter() - started
-        return replace(whole, state=replace(table_state, seconds=seconds))
-
-    async def _splits(self, plan: TablePlan) -> tuple[Any, ...]:
-        """Keys splitting a large table into ranges of about ``split_rows`` rows each."""
-        if self.options.split_rows < 1:
-            return ()
-        concurrency = self.options.workers or TABLES_AT_ONCE
-        parts = min(concurrency, math.ceil(plan.rows / self.options.split_rows))
-        if parts < 2:
-            return ()
-        keys = [await self.source.key_at(plan, plan.rows * i // parts) for i in range(1, parts)]
-        return tuple(sorted({k for k in keys if k is not None}))
-
-    async def _run(self, job: TableJob) -> TableResult:
-        async with self.slots:
-            if self.workers is None:
-                return await run_table(job, self.display)
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self.workers, run_in_worker, job)
-
-
-async def _order(source: Source, plans: list[TablePlan]) -> list[TablePlan]:
-    """Parents first, then the tables with the most bytes to move."""
-    levels: dict[str, int] = {}
-    for plan in plans:  # sorted_tables order: parents come first
-        parents = [levels.get(link.parent, -1) for link in plan.parents if link.parent != plan.name]
-        levels[plan.name] = 1 + max(parents, default=-1)
-    sizes = {p.name: p.rows * (await source.row_width(p) if p.rows else 0) for p in plans}
-    return sorted(plans, key=lambda p: (levels[p.name], -sizes[p.name]))
-
-
-async def _start(target: Target, settings: dict[str, Any]) -> _Progress:
-    """The progress records of the target (and whether an earlier run had started)."""
-    found, rows, records = await target.start(settings)
-    if found is not None and found != settings:
-        differing = ", ".join(
-            f"{k} {found.get(k)!r} (now {v!r})" for k, v in settings.items() if found.get(k) != v
-        )
-        raise MigrationError(
-            f"the interrupted migration into this target ran with {differing}: resume it "
-            "with the same options, or start over with --replace"
-        )
-    batches: dict[str, list[Any]] = {}
-    for record in records:
-        batches.setdefault(record[0], []).append(record[1:])
-    return _Progress(found is not None, {row[0]: row[1:] for row in rows}, batches)
 
 
 def _check_pair(source: DatabaseConfig, target: DatabaseConfig) -> None:

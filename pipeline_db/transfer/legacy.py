@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 from pipeline_db import schema
 from pipeline_db.config import DatabaseConfig
 from pipeline_db.errors import ConfigurationError, PipelineDBError
-from pipeline_db.transfer import _sql
+from pipeline_db.transfer import _sql, _target_sql
 from pipeline_db.transfer.convert import Dialect
 from pipeline_db.transfer.layout import TablePlan
 from pipeline_db.transfer.source import (
@@ -39,7 +39,12 @@ from pipeline_db.transfer.source import (
 T = TypeVar("T")
 
 #: Tables of a pipeline.db that are bookkeeping, not data.
-_BOOKKEEPING = {"schema_version", "alembic_version", "sqlite_sequence", *_sql.PROGRESS_TABLES}
+_BOOKKEEPING = {
+    "schema_version",
+    "alembic_version",
+    "sqlite_sequence",
+    *_target_sql.PROGRESS_TABLES,
+}
 #: The legacy versions, by the newest table each one added.
 _VERSION_TABLES = (
     (4, "clips"),

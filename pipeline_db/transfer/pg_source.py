@@ -16,7 +16,7 @@ import asyncpg
 
 from pipeline_db import schema
 from pipeline_db.config import DatabaseConfig
-from pipeline_db.transfer import _sql
+from pipeline_db.transfer import _sql, _target_sql
 from pipeline_db.transfer.convert import Dialect
 from pipeline_db.transfer.layout import TablePlan, plan_table
 from pipeline_db.transfer.source import (
@@ -194,7 +194,7 @@ class PostgreSQLSource:
         for name, names in columns.items():
             if name in schema.metadata.tables:
                 info.tables[name] = [c for c in names if c != schema.POSTGRES_SEARCH_COLUMN]
-            elif name not in ("alembic_version", *_sql.PROGRESS_TABLES):
+            elif name not in ("alembic_version", *_target_sql.PROGRESS_TABLES):
                 info.not_copied.append(f"{name} (not part of pipeline-db's schema)")
         for name, names in info.tables.items():
             table = schema.metadata.tables[name]

@@ -29,7 +29,7 @@ from pipeline_db import schema
 from pipeline_db.config import DatabaseConfig
 from pipeline_db.database import Database
 from pipeline_db.migrations import upgrade
-from pipeline_db.transfer import _sql
+from pipeline_db.transfer import _sql, _target_sql
 from pipeline_db.transfer.convert import Dialect
 from pipeline_db.transfer.errors import MigrationError
 from pipeline_db.transfer.layout import TablePlan
@@ -121,7 +121,7 @@ class PostgreSQLTarget:
         for name in schema.metadata.tables:
             if name in names and await conn.fetchval(_sql.any_row(name, "postgresql").sql):
                 filled.append(name)
-        return TargetState(True, revision, tuple(filled), _sql.progress.name in names)
+        return TargetState(True, revision, tuple(filled), _target_sql.progress.name in names)
 
     async def prepare(self) -> None:
         """Create or upgrade the schema with Alembic, then connect and take the lock."""
@@ -166,7 +166,7 @@ class PostgreSQLTarget:
         names = [t.name for t in schema.metadata.sorted_tables]
         listed = ", ".join(f'"{name}"' for name in names)
         statements = [f"TRUNCATE TABLE {listed} RESTART IDENTITY CASCADE"]
-        statements += [s.sql for s in _sql.drop_progress("postgresql")]
+        statements += [s.sql for s in _target_sql.drop_progress("postgresql")]
         async with self._connection() as db, db.transaction():
             for statement in statements:
                 await db.execute(statement)
@@ -176,19 +176,19 @@ class PostgreSQLTarget:
     ) -> tuple[dict[str, Any] | None, list[Any], list[Any]]:
         """Create the progress tables; return the settings and records already there."""
         async with self._connection() as db:
-            for statement in _sql.create_progress("postgresql"):
+            for statement in _target_sql.create_progress("postgresql"):
                 await db.execute(statement.sql)
-            rows = [tuple(r) for r in await db.fetch(_sql.read_progress(self.dialect).sql)]
-            records = [tuple(r) for r in await db.fetch(_sql.read_batches(self.dialect).sql)]
+            rows = [tuple(r) for r in await db.fetch(_target_sql.read_progress(self.dialect).sql)]
+            records = [tuple(r) for r in await db.fetch(_target_sql.read_batches(self.dialect).sql)]
             found = read_settings(rows)
             if found is None:
-                save = _sql.save_progress(self.dialect)
+                save = _target_sql.save_progress(self.dialect)
                 await db.execute(save.sql, *save.args(settings_row(settings)))
         return found, rows, records
 
     async def skipped_keys(self) -> dict[str, set[str]]:
         """Keys of the rows left out so far, by table."""
-        statement = _sql.read_issues(self.dialect, skipped_only=True)
+        statement = _target_sql.read_issues(self.dialect, skipped_only=True)
         found: dict[str, set[str]] = {}
         async with self._connection() as db:
             for name, key in await db.fetch(statement.sql, *statement.args()):
@@ -202,10 +202,10 @@ class PostgreSQLTarget:
             refused = await self._copy(db, plan, batch.rows, on_error)
             batch.issues.extend(refused)
             record = record_of(plan, batch, refused, time.perf_counter() - started)
-            add = _sql.add_batch(self.dialect)
+            add = _target_sql.add_batch(self.dialect)
             await db.execute(add.sql, *add.args(record.row()))
             if batch.issues:
-                statement = _sql.add_issue(self.dialect)
+                statement = _target_sql.add_issue(self.dialect)
                 await db.executemany(
                     statement.sql, [statement.args(issue.row()) for issue in batch.issues]
                 )
@@ -221,13 +221,13 @@ class PostgreSQLTarget:
         if state.done or state.deferred or state.started:
             return state  # set aside by an earlier run already
         async with self._connection() as db, db.transaction():
-            indexes = await db.fetch(_sql.set_aside_indexes().sql, plan.name)
-            keys = await db.fetch(_sql.set_aside_foreign_keys().sql, plan.name)
+            indexes = await db.fetch(_target_sql.set_aside_indexes().sql, plan.name)
+            keys = await db.fetch(_target_sql.set_aside_foreign_keys().sql, plan.name)
             for name, _ in keys:
-                await db.execute(_sql.drop_constraint(plan.name, name).sql)
+                await db.execute(_target_sql.drop_constraint(plan.name, name).sql)
             for name, _ in indexes:
-                await db.execute(_sql.drop_index(name).sql)
-            restore = [_sql.add_constraint(plan.name, n, d).sql for n, d in keys]
+                await db.execute(_target_sql.drop_index(name).sql)
+            restore = [_target_sql.add_constraint(plan.name, n, d).sql for n, d in keys]
             new = replace(state, deferred=(*restore, *(d for _, d in indexes)))
             await _save(db, new)
         return new
@@ -249,7 +249,7 @@ class PostgreSQLTarget:
             new = replace(
                 state, done=True, deferred=(), seconds=state.seconds + time.perf_counter() - started
             )
-            await db.execute(_sql.analyze(plan.name).sql)
+            await db.execute(_target_sql.analyze(plan.name).sql)
         return new
 
     async def finish(self, plans: list[TablePlan], counters: dict[str, int]) -> None:
@@ -257,13 +257,13 @@ class PostgreSQLTarget:
         async with self._connection() as db:
             for plan in plans:
                 if plan.identity:
-                    statement = _sql.set_identity(plan)
+                    statement = _target_sql.set_identity(plan)
                     args = statement.args({"floor": counters.get(plan.name, 0)})
                     await db.execute(statement.sql, *args)
 
     async def issues(self) -> AsyncIterator[Issue]:
         """Every recorded issue, in the order found."""
-        statement = _sql.read_issues(self.dialect, skipped_only=False)
+        statement = _target_sql.read_issues(self.dialect, skipped_only=False)
         async with self._connection() as db, db.transaction(readonly=True):
             # Through a prepared statement: unnamed when the statement cache is
             # off (PgBouncer), where asyncpg's own cursors would use a name that
@@ -275,7 +275,7 @@ class PostgreSQLTarget:
     async def complete(self) -> None:
         """Drop the progress tables."""
         async with self._connection() as db:
-            for statement in _sql.drop_progress(self.dialect):
+            for statement in _target_sql.drop_progress(self.dialect):
                 await db.execute(statement.sql)
 
     async def scan(
@@ -354,7 +354,7 @@ class PostgreSQLTarget:
 
 
 async def _save(db: asyncpg.Connection, state: TableProgress) -> None:
-    statement = _sql.save_progress("postgresql")
+    statement = _target_sql.save_progress("postgresql")
     await db.execute(statement.sql, *statement.args(state.table_row()))
 
 

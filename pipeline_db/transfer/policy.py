@@ -1,7 +1,8 @@
 """``--on-error``: what happens to a row with a value the target cannot take.
 
-A :class:`RowConverter` decodes each source row column by column
-(:mod:`pipeline_db.transfer.convert`) and looks at what the source query
+A :class:`RowConverter` converts a batch column by column at C speed
+(:mod:`.columns`) when nothing in it looks wrong; otherwise it decodes each
+row value by value (:mod:`.convert`) and looks at what the source query
 flagged (a missing parent row, a failing CHECK) and at rows that repeat a
 unique value. A row with problems is then, by policy:
 
@@ -12,8 +13,9 @@ unique value. A row with problems is then, by policy:
   (which "repair" leaves out), left out.
 
 Every row left out or repaired becomes an :class:`~pipeline_db.transfer.progress.Issue`.
-The same converter, in digest mode, computes the source side of the
-verification, so both agree on which rows should have arrived and how.
+Each converted batch carries the hash sum of its rows (the source side of
+the verification); in digest mode the converter computes only that, for a
+verification that reads the source again.
 """
 
 from __future__ import annotations

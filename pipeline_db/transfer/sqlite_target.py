@@ -26,7 +26,7 @@ from pipeline_db import schema
 from pipeline_db.config import DatabaseConfig
 from pipeline_db.database import Database
 from pipeline_db.migrations import upgrade
-from pipeline_db.transfer import _sql
+from pipeline_db.transfer import _sql, _target_sql
 from pipeline_db.transfer.convert import Dialect
 from pipeline_db.transfer.errors import MigrationError
 from pipeline_db.transfer.layout import TablePlan
@@ -88,7 +88,7 @@ class SQLiteTarget:
                     for name in schema.metadata.tables
                     if name in names and conn.execute(_sql.any_row(name, "sqlite").sql).fetchall()
                 )
-                return TargetState(True, revision, filled, _sql.progress.name in names)
+                return TargetState(True, revision, filled, _target_sql.progress.name in names)
             finally:
                 conn.close()
 
@@ -125,10 +125,10 @@ class SQLiteTarget:
             db.execute("BEGIN IMMEDIATE")
             try:
                 for table in reversed(schema.metadata.sorted_tables):
-                    db.execute(_sql.empty_table(table.name, "sqlite").sql)
-                db.execute(_sql.reset_sqlite_sequences().sql)
-                db.execute(_sql.rebuild_fts().sql)
-                for statement in _sql.drop_progress("sqlite"):
+                    db.execute(_target_sql.empty_table(table.name, "sqlite").sql)
+                db.execute(_target_sql.reset_sqlite_sequences().sql)
+                db.execute(_target_sql.rebuild_fts().sql)
+                for statement in _target_sql.drop_progress("sqlite"):
                     db.execute(statement.sql)
                 db.execute("COMMIT")
             except BaseException:
@@ -144,13 +144,13 @@ class SQLiteTarget:
 
         def work() -> tuple[dict[str, Any] | None, list[Any], list[Any]]:
             db = self._db
-            for statement in _sql.create_progress("sqlite"):
+            for statement in _target_sql.create_progress("sqlite"):
                 db.execute(statement.sql)
-            rows = db.execute(_sql.read_progress("sqlite").sql).fetchall()
-            records = db.execute(_sql.read_batches("sqlite").sql).fetchall()
+            rows = db.execute(_target_sql.read_progress("sqlite").sql).fetchall()
+            records = db.execute(_target_sql.read_batches("sqlite").sql).fetchall()
             found = read_settings(rows)
             if found is None:
-                statement = _sql.save_progress("sqlite")
+                statement = _target_sql.save_progress("sqlite")
                 db.execute(statement.sql, statement.args(settings_row(settings)))
             return found, rows, records
 
@@ -158,7 +158,7 @@ class SQLiteTarget:
 
     async def skipped_keys(self) -> dict[str, set[str]]:
         """Keys of the rows left out so far, by table."""
-        statement = _sql.read_issues("sqlite", skipped_only=True)
+        statement = _target_sql.read_issues("sqlite", skipped_only=True)
         rows = await self._call(
             lambda: self._db.execute(statement.sql, statement.args()).fetchall()
         )
@@ -169,9 +169,9 @@ class SQLiteTarget:
 
     async def write(self, plan: TablePlan, batch: Batch, on_error: OnError) -> BatchRecord:
         """Insert a batch, its record and its issues in one transaction, bisecting refusals."""
-        insert = _sql.insert_rows(plan)
-        add_issue = _sql.add_issue("sqlite")
-        add_batch = _sql.add_batch("sqlite")
+        insert = _target_sql.insert_rows(plan)
+        add_issue = _target_sql.add_issue("sqlite")
+        add_batch = _target_sql.add_batch("sqlite")
 
         def work() -> BatchRecord:
             started = time.perf_counter()
@@ -194,14 +194,14 @@ class SQLiteTarget:
 
     async def start_table(self, plan: TablePlan, state: TableProgress) -> TableProgress:
         """Record the split keys; nothing is set aside (indexes and triggers stay)."""
-        statement = _sql.save_progress("sqlite")
+        statement = _target_sql.save_progress("sqlite")
         await self._call(lambda: self._db.execute(statement.sql, statement.args(state.table_row())))
         return state
 
     async def finish_table(self, plan: TablePlan, state: TableProgress) -> TableProgress:
         """Mark the table done."""
         new = replace(state, done=True)
-        statement = _sql.save_progress("sqlite")
+        statement = _target_sql.save_progress("sqlite")
         await self._call(lambda: self._db.execute(statement.sql, statement.args(new.table_row())))
         return new
 
@@ -217,11 +217,11 @@ class SQLiteTarget:
                         floor = counters.get(plan.name, 0)
                         if not floor:
                             continue  # the inserts moved it past the largest id already
-                        for statement in _sql.sqlite_counter():
+                        for statement in _target_sql.sqlite_counter():
                             db.execute(
                                 statement.sql, statement.args({"name": plan.name, "floor": floor})
                             )
-                db.execute(_sql.rebuild_fts().sql)
+                db.execute(_target_sql.rebuild_fts().sql)
                 db.execute("COMMIT")
             except BaseException:
                 if db.in_transaction:
@@ -233,7 +233,7 @@ class SQLiteTarget:
 
     async def issues(self) -> AsyncIterator[Issue]:
         """Every recorded issue, in the order found."""
-        statement = _sql.read_issues("sqlite", skipped_only=False)
+        statement = _target_sql.read_issues("sqlite", skipped_only=False)
         cursor = await self._call(lambda: self._db.execute(statement.sql, statement.args()))
         try:
             while rows := await self._call(lambda: cursor.fetchmany(1000)):
@@ -246,7 +246,7 @@ class SQLiteTarget:
         """Drop the progress tables."""
 
         def work() -> None:
-            for statement in _sql.drop_progress("sqlite"):
+            for statement in _target_sql.drop_progress("sqlite"):
                 self._db.execute(statement.sql)
 
         await self._call(work)
