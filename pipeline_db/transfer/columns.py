@@ -291,6 +291,7 @@ class _Timestamps:
         except ValueError:
             return None
         spellings = Counter(map(_SEPARATOR, values))
-        self.counts[UTC_SPELLING] += spellings[" "]
-        self.counts[LOCAL_SPELLING] += spellings["T"]
+        for separator, label in ((" ", UTC_SPELLING), ("T", LOCAL_SPELLING)):
+            if spellings[separator]:
+                self.counts[label] += spellings[separator]
         return moments

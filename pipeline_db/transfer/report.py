@@ -209,6 +209,6 @@ def _conversions(report: MigrationReport) -> list[str]:
     lines = []
     for t in report.tables:
         for column, counts in sorted(t.conversions.items()):
-            described = ", ".join(f"{n:,} {label}" for label, n in counts.most_common())
+            described = ", ".join(f"{n:,} {label}" for label, n in counts.most_common() if n)
             lines.append(f"{t.name}.{column}: {described}")
     return ["conversions:", *(f"  {line}" for line in lines)] if lines else []
