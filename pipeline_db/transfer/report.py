@@ -93,7 +93,7 @@ class MigrationReport:
         notes: things worth knowing (broken FTS5 table, bad foreign key, columns defaulted).
         not_copied: tables and columns of the source with no place in the schema.
         seconds: wall time of the whole command.
-        verify_seconds: of which verifying.
+        verify_seconds: time the jobs spent verifying, summed (they run at once).
         issues: how many issues the report file lists.
         report_file: where they are listed.
     """
@@ -191,8 +191,8 @@ def render(report: MigrationReport) -> str:
     text.extend(f"not copied: {item}" for item in report.not_copied)
     rate = report.rows / report.seconds if report.seconds else 0.0
     text.append(
-        f"{report.rows:,} rows in {report.seconds:.1f} s ({rate:,.0f} rows/s, "
-        f"verification {report.verify_seconds:.1f} s)"
+        f"{report.rows:,} rows in {report.seconds:.1f} s ({rate:,.0f} rows/s verification "
+        f"included; the jobs spent {report.verify_seconds:.1f} s verifying)"
     )
     if report.checks:
         differing = [c.describe() for c in report.checks if not c.ok]

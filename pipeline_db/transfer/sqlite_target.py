@@ -47,6 +47,9 @@ from pipeline_db.transfer.target import (
 )
 
 T = TypeVar("T")
+#: Page cache of the loading connection (KiB): indexes with random keys (text ids)
+#: otherwise go to the file for every page they touch.
+LOAD_CACHE_KIB = 16 * 1024
 # What a refused row raises: constraint failures and values sqlite3 cannot bind.
 _REFUSALS = (sqlite3.IntegrityError, sqlite3.DataError, ValueError, OverflowError)
 # "NOT NULL constraint failed: episodes.hash" names the column; nothing is classified by it.
@@ -112,6 +115,7 @@ class SQLiteTarget:
             )
             conn.execute("PRAGMA foreign_keys = ON")
             conn.execute(f"PRAGMA synchronous = {self.config.synchronous}")
+            conn.execute(f"PRAGMA cache_size = -{LOAD_CACHE_KIB}")
             return conn
 
         await self.close_connection()
