@@ -47,8 +47,11 @@ def start_workers(size: int) -> ProcessPoolExecutor | None:
     pool = ProcessPoolExecutor(
         size, mp_context=context, initializer=_die_with_parent, initargs=(os.getpid(),)
     )
-    for future in [pool.submit(_ready) for _ in range(size)]:
-        future.result()
+    try:
+        for future in [pool.submit(_ready) for _ in range(size)]:
+            future.result()
+    finally:
+        gc.unfreeze()  # the workers keep theirs frozen; this process collects as before
     return pool
 
 
