@@ -190,10 +190,14 @@ def render(report: MigrationReport) -> str:
     text.extend(f"note: {note}" for note in report.notes)
     text.extend(f"not copied: {item}" for item in report.not_copied)
     rate = report.rows / report.seconds if report.seconds else 0.0
-    text.append(
-        f"{report.rows:,} rows in {report.seconds:.1f} s ({rate:,.0f} rows/s verification "
-        f"included; the jobs spent {report.verify_seconds:.1f} s verifying)"
-    )
+    if report.rows:
+        text.append(
+            f"{report.rows:,} rows in {report.seconds:.1f} s ({rate:,.0f} rows/s verification "
+            f"included; the jobs spent {report.verify_seconds:.1f} s verifying)"
+        )
+    else:
+        verified = sum(c.target_rows for c in report.checks)
+        text.append(f"{verified:,} rows verified in {report.seconds:.1f} s")
     if report.checks:
         differing = [c.describe() for c in report.checks if not c.ok]
         text.append("verification: every table equal" if not differing else "verification FAILED:")
