@@ -18,7 +18,10 @@ PostgreSQL and on SQLite, both seeded with the same 10,000 generated episodes
   processing_log; COMMIT) on one asyncpg pool of the server's total pool size,
   50 tasks, in this process: the database-bound limit;
 * ``constant``: a bare Starlette endpoint returning a constant, served by uvicorn
-  with the same worker count and options: the HTTP stack's limit.
+  with the same worker count and options: the HTTP stack's limit;
+* ``read (starlette + asyncpg)``: the floor of any Python HTTP read here: a bare
+  Starlette endpoint doing the raw read on its own asyncpg pool and returning
+  the row as JSON (no SQLAlchemy, no validation, no middleware), same workers.
 
 Each raw case runs right before its HTTP case, so that the noise of the shared
 cores falls on both; ratios are of the two. Every worker count gets the same
@@ -39,14 +42,18 @@ concurrency, clearly labelled; its own CPU cost lowers every HTTP figure).
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import itertools
+import json
 import os
 import random
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +108,28 @@ async def _constant(request: Any) -> Response:
 #: The HTTP stack's limit: ``uvicorn bench.http:constant_app``.
 constant_app = Starlette(routes=[Route("/", _constant)])
 
+#: ``floor_app``'s database and pool size, from its environment.
+FLOOR_DSN, FLOOR_POOL = "BENCH_FLOOR_DSN", "BENCH_FLOOR_POOL"
+
+
+@contextlib.asynccontextmanager
+async def _floor_pool(app: Starlette) -> AsyncIterator[dict[str, Any]]:
+    size = int(os.environ[FLOOR_POOL])
+    async with asyncpg.create_pool(os.environ[FLOOR_DSN], min_size=size, max_size=size) as pool:
+        gc.collect()
+        gc.freeze()  # as the pipeline's server does
+        yield {"pool": pool}
+
+
+async def _floor_read(request: Any) -> Response:
+    row = await request.state.pool.fetchrow(RAW_READ, request.path_params["episode_id"])
+    document = {k: v.isoformat() if isinstance(v, datetime) else v for k, v in row.items()}
+    return Response(json.dumps(document), media_type="application/json")
+
+
+#: The floor of a Python HTTP read: ``uvicorn bench.http:floor_app``.
+floor_app = Starlette(routes=[Route("/episodes/{episode_id}", _floor_read)], lifespan=_floor_pool)
+
 
 @dataclass
 class Row:
@@ -124,12 +153,12 @@ def _pipeline_server(config_path: Path, workers: int, log: Path) -> Any:
     return serving(args, environment(config_path), log)
 
 
-def _constant_server(workers: int, log: Path) -> Any:
+def _bare_server(app: str, workers: int, log: Path, env: dict[str, str] | None = None) -> Any:
     # As `pipeline-db serve` runs uvicorn: uvloop and httptools (uvicorn[standard]).
-    args = [sys.executable, "-m", "uvicorn", "bench.http:constant_app", "--host", "127.0.0.1"]
+    args = [sys.executable, "-m", "uvicorn", f"bench.http:{app}", "--host", "127.0.0.1"]
     args += ["--port", "{port}", "--workers", str(workers), "--no-access-log"]
     args += ["--loop", "uvloop", "--http", "httptools"]
-    return serving(args, environment(None), log)
+    return serving(args, {**environment(None), **(env or {})}, log)
 
 
 def _write_config(database: dict[str, Any], path: Path) -> Path:
@@ -180,11 +209,17 @@ async def _raw(operation: Callable[[int, int], Awaitable[object]], seconds: floa
 # -- the run -----------------------------------------------------------------------
 
 
-async def _http(load: Load, server: Server, case: str, seconds: float) -> Measured:
-    """One HTTP case after a warm-up, with its statuses and pool waits from /metrics."""
-    await load.run(server.base_url, case, min(WARMUP_S, seconds))
+async def _http(
+    load: Load, server: Server, case: str, seconds: float, *, path_case: str | None = None
+) -> Measured:
+    """One HTTP case after a warm-up, with its statuses and pool waits from /metrics.
+
+    ``path_case``: the requests of that case, on a bare server without /metrics.
+    """
+    requests = path_case or case
+    await load.run(server.base_url, requests, min(WARMUP_S, seconds))
     before = await scrape(server.base_url) if case != "constant" else {}
-    figures = await load.run(server.base_url, case, seconds)
+    figures = await load.run(server.base_url, requests, seconds)
     if server.proc.returncode is not None:
         raise RuntimeError(f"the server died:\n{server.tail()}")
     if case != "constant":
@@ -196,7 +231,7 @@ async def _postgresql(
     load: Load, url: str, dsn: str, workers: int, folder: Path, seconds: float
 ) -> list[Row]:
     """Constant, then each case: raw asyncpg and through the server, back to back."""
-    async with _constant_server(workers, folder / "constant.log") as server:
+    async with _bare_server("constant_app", workers, folder / "constant.log") as server:
         rows = [
             Row(
                 "constant (starlette)", workers, "-", await _http(load, server, "constant", seconds)
@@ -212,11 +247,19 @@ async def _postgresql(
     pool = await asyncpg.create_pool(dsn, min_size=TOTAL_POOL, max_size=TOTAL_POOL)
     try:
         raw = _raw_operations(pool, load.episodes)
+        floor_env = {FLOOR_DSN: dsn, FLOOR_POOL: str(TOTAL_POOL // workers)}
+        floor_log = folder / f"floor{workers}.log"
+        async with _bare_server("floor_app", workers, floor_log, floor_env) as server:
+            floor = await _http(load, server, "constant", seconds, path_case="read")
         async with _pipeline_server(config_path, workers, folder / f"pg{workers}.log") as server:
             for case in CASES:
                 # Side by side, so that the noise of the shared cores falls on both.
                 limit = await _raw(raw[case], seconds)
                 rows.append(Row(f"{case} (raw asyncpg)", workers, "postgresql", limit))
+                if case == "read":
+                    rows.append(
+                        Row("read (starlette + asyncpg)", workers, "postgresql", floor, limit)
+                    )
                 figures = await _http(load, server, case, seconds)
                 rows.append(Row(case, workers, "postgresql", figures, limit))
     finally:
@@ -308,6 +351,13 @@ def _report(rows: list[Row]) -> dict[str, Any]:
         for r in rows
     }
     checks = [("0 errors everywhere", *_no_errors(rows))]
+    floors = [r for r in rows if r.case == "read (starlette + asyncpg)"]
+    if floors:
+        best_floor = max(floors, key=lambda r: r.ratio or 0.0)
+        print(
+            f"  [INFO] the floor of a Python HTTP read here (bare Starlette + asyncpg, "
+            f"{best_floor.workers} workers): {best_floor.ratio or 0.0:.2f}x raw asyncpg"
+        )
     for case in ("read", "advance"):
         candidates = [r for r in rows if r.case == case and r.backend == "postgresql"]
         best = max(candidates, key=lambda r: r.ratio or 0.0)
