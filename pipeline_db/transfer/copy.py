@@ -27,7 +27,7 @@ from pipeline_db.transfer.options import MigrateOptions
 from pipeline_db.transfer.plan import MigrationPlan, discover
 from pipeline_db.transfer.progress import TableProgress
 from pipeline_db.transfer.report import MigrationReport, TableReport, write_report
-from pipeline_db.transfer.schedule import Scheduler, order, start
+from pipeline_db.transfer.schedule import Scheduler, order, parents_first, start
 from pipeline_db.transfer.source import open_source
 from pipeline_db.transfer.target import Target, TargetState, open_target
 from pipeline_db.transfer.verify import Verifier, check_of
@@ -116,7 +116,8 @@ async def migrate(
             snapshot=await source.export_snapshot(),
             skipped=await target.skipped_keys(),
         )
-        results = await scheduler.run(await order(source, plans))
+        ordered = await order(source, plans, parents_first=parents_first(options, target))
+        results = await scheduler.run(ordered)
         counters = {p.name: p.counter for p in plans if p.counter is not None}
         await target.finish(plans, counters)
         report = MigrationReport(

@@ -77,6 +77,7 @@ class PostgreSQLTarget:
 
     dialect: Dialect = "postgresql"
     writers = WRITERS_PER_TABLE
+    keys_set_aside = True
 
     def __init__(self, config: DatabaseConfig, *, locking: bool = True) -> None:
         self.config = config

@@ -61,6 +61,7 @@ class SQLiteTarget:
 
     dialect: Dialect = "sqlite"
     writers = 1  # SQLite has one write lock
+    keys_set_aside = False  # PRAGMA foreign_keys is on while it loads
 
     def __init__(self, config: DatabaseConfig) -> None:
         self.config = config

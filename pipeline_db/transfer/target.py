@@ -81,6 +81,9 @@ class Target(Protocol):
     config: DatabaseConfig
     #: Batches of one table written at once (PostgreSQL: several connections).
     writers: int
+    #: Whether a table's foreign keys are set aside while it loads (PostgreSQL),
+    #: so its rows may go in before its parents' (not SQLite's: they stay on).
+    keys_set_aside: bool
 
     async def inspect(self) -> TargetState:
         """What the target holds, without changing it."""
