@@ -7,9 +7,15 @@ import asyncio
 import inspect
 import logging
 
-from bench import http, queue, reads, write
+from bench import http, migrate, queue, reads, write
 
-SECTIONS = {"write": write.run, "reads": reads.run, "queue": queue.run, "http": http.run}
+SECTIONS = {
+    "write": write.run,
+    "reads": reads.run,
+    "queue": queue.run,
+    "http": http.run,
+    "migrate": migrate.run,
+}
 
 
 def main() -> None:
@@ -17,7 +23,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("sections", nargs="*", choices=[*SECTIONS, []], default=list(SECTIONS))
     parser.add_argument("--seconds", type=float, default=None, help="seconds per measurement")
-    parser.add_argument("--scale", type=float, default=None, help="data size factor (reads, queue)")
+    parser.add_argument(
+        "--scale", type=float, default=None, help="data size factor (reads, queue, migrate)"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
     options = {"seconds": args.seconds, "scale": args.scale}
