@@ -68,7 +68,7 @@ def json_response(
 ) -> Response:
     """A JSON response from models, lists of models or plain data."""
     return Response(
-        json.dumps(_plain(payload), ensure_ascii=False, separators=(",", ":")),
+        _ENCODER.encode(payload),
         status_code=status_code,
         media_type="application/json",
         headers=headers,
@@ -84,14 +84,15 @@ def location(collection: str, resource_id: object) -> str:
     return f"{collection}/{quote(str(resource_id), safe='')}"
 
 
-def _plain(payload: Any) -> Any:
-    if isinstance(payload, BaseModel):
-        return payload.model_dump(mode="json")
-    if isinstance(payload, list):
-        return [_plain(item) for item in payload]
-    if isinstance(payload, dict):
-        return {key: _plain(value) for key, value in payload.items()}
-    return payload
+def _model_json(value: Any) -> Any:
+    # Called by the encoder for what JSON has no type for: the models in a payload
+    # (the encoder walks plain data in C; a Python walk cost a tenth of a request).
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=_model_json)
 
 
 def page(request: Request, items: list[Any], next_cursor: str | None) -> dict[str, Any]:

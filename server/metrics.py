@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -27,6 +28,7 @@ from pipeline_db import Database, PoolStatus
 from pipeline_db.models import JobStats
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+MAX_CACHED_LABELS = 512
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 REQUESTS = Counter(
@@ -104,6 +106,8 @@ class MetricsMiddleware:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        # The labelled children, looked up once per label set (labels() takes a lock).
+        self._children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -124,8 +128,13 @@ class MetricsMiddleware:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
             labels = (template, scope["method"], str(status))
-            REQUESTS.labels(*labels).inc()
-            LATENCY.labels(*labels).observe(time.perf_counter() - started)
+            children = self._children.get(labels)
+            if children is None:
+                children = REQUESTS.labels(*labels), LATENCY.labels(*labels)
+                if len(self._children) < MAX_CACHED_LABELS:  # methods come from clients
+                    self._children[labels] = children
+            children[0].inc()
+            children[1].observe(time.perf_counter() - started)
 
 
 def attach(db: Database) -> None:
