@@ -621,6 +621,89 @@ async def test_sigkill_during_the_largest_table_then_resume(
     assert await _pg_schema(pg) == await _pg_schema(fresh)  # indexes set aside came back
 
 
+def _sqlite_progress(path: Path, table: str) -> tuple[int, bool] | None:
+    """A SQLite target's progress on a table (None: not readable yet)."""
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=0.1)
+    except sqlite3.Error:
+        return None
+    try:
+        copied = conn.execute(
+            "SELECT sum(copied) FROM _pipeline_db_migration_batches WHERE table_name = ?",
+            (table,),
+        ).fetchone()[0]
+        done = conn.execute(
+            "SELECT done FROM _pipeline_db_migration WHERE table_name = ?", (table,)
+        ).fetchone()
+    except sqlite3.Error:  # not created yet, or a writer holds the file
+        return None
+    finally:
+        conn.close()
+    return None if copied is None else (int(copied), bool(done and done[0]))
+
+
+@pytest.mark.slow
+async def test_sigkill_into_sqlite_during_the_largest_table_then_resume(
+    tmp_path: Path, pg_database: Config
+) -> None:
+    """PostgreSQL to SQLite: killed mid-way through processing_log, resumed, equal."""
+    source, _ = legacy(tmp_path, 5)
+    _legacy.big_log(source, 60_000)
+    pg = await pg_database()
+    await run(sqlite_config(source), pg, options(tmp_path, on_error="repair"))
+    back = tmp_path / "back.db"
+    args = [
+        "migrate",
+        pg_url(pg),
+        str(back),
+        "--batch-size",
+        "500",
+        "--report",
+        str(tmp_path / "report-back.json"),
+        "--split-rows",  # processing_log in two key ranges, one per worker process
+        "20000",
+    ]
+    process = await asyncio.create_subprocess_exec(
+        CLI, *args, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+    )
+    try:
+        for _ in range(3000):
+            found = await asyncio.to_thread(_sqlite_progress, back, "processing_log")
+            if found is not None and found[0] >= 5_000 and not found[1]:
+                break
+            assert process.returncode is None, "the migration ended before it was killed"
+            await asyncio.sleep(0.01)
+        else:
+            pytest.fail("the migration never reached processing_log")
+        os.kill(process.pid, signal.SIGKILL)
+    finally:
+        if process.returncode is None:
+            process.kill()
+        await process.wait()
+    assert process.returncode == -signal.SIGKILL
+    # Its worker processes died with it (their source connections are gone).
+    for _ in range(200):
+        if not await _sessions(pg):
+            break
+        await asyncio.sleep(0.05)
+    else:
+        pytest.fail("the killed migration's workers are still connected")
+    killed_at = _sqlite_progress(back, "processing_log")
+    assert killed_at is not None and not killed_at[1]
+
+    status, out, err = await cli(*args, "--resume")
+
+    assert status == 0, err
+    assert "verification: every table equal" in out
+    assert await snapshot(sqlite_config(back)) == await snapshot(pg)
+    report = json.loads((tmp_path / "report-back.json").read_text())
+    assert report["issues"] == []
+    fresh = tmp_path / "fresh.db"
+    async with Database(sqlite_config(fresh)) as db:
+        await upgrade(db)
+    assert _sqlite_schema(back) == _sqlite_schema(fresh)  # no progress table left behind
+
+
 class Crash(Exception):
     """The migrating process dies here."""
 
