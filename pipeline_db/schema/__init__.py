@@ -22,7 +22,7 @@ DDL when ``metadata`` is created.
 
 from __future__ import annotations
 
-from pipeline_db.schema._metadata import metadata
+from pipeline_db.schema._base import metadata
 from pipeline_db.schema.ddl import (
     POSTGRES_FUNCTIONS,
     POSTGRES_SEARCH,

@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import MetaData, event
 from sqlalchemy.schema import DDL
 
-from pipeline_db.schema._metadata import metadata
+from pipeline_db.schema._base import metadata
 from pipeline_db.schema.types import SQLITE_NOW
 
 #: Tables that keep ``updated_at`` current through a trigger.

@@ -22,8 +22,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.sql.elements import ColumnElement
 
+from pipeline_db.schema._base import metadata
 from pipeline_db.schema._columns import _created_at, _episode_fk, _in
-from pipeline_db.schema._metadata import metadata
 from pipeline_db.schema.types import IdentityKey, JSONType, UTCDateTime, utcnow
 
 #: The pipeline's stages, in order.

@@ -21,8 +21,8 @@ from sqlalchemy import (
     text,
 )
 
+from pipeline_db.schema._base import metadata
 from pipeline_db.schema._columns import _created_at, _episode_fk, _in
-from pipeline_db.schema._metadata import metadata
 from pipeline_db.schema.types import IdentityKey, JSONType, UTCDateTime, utcnow
 
 #: Job states: queued -> running -> succeeded | failed | cancelled (a retry re-queues).
