@@ -82,18 +82,31 @@ class JobQueue:
             webhook_url,
         )
         dialect = self._db.dialect
+        # Where the backend has writable CTEs, the checks, the insert and the
+        # notification are one statement committing on its own: one round trip
+        # instead of five (BEGIN, episode check, INSERT, pg_notify, COMMIT).
+        one_statement = self._db.backend.writable_ctes
 
         def work(conn: Connection) -> Enqueued:
-            if episode_id is not None and conn.execute(eq.exists(episode_id)).first() is None:
-                raise NotFoundError(f"episode {episode_id!r} does not exist", episode_id=episode_id)
-            row = conn.execute(q.insert_job(dialect), values).mappings().first()
+            if one_statement:
+                statement = q.enqueue_notifying(scheduled="run_after" in values)
+                row = conn.execute(statement, {**values, "channel": CHANNEL}).mappings().first()
+            else:
+                if episode_id is not None and conn.execute(eq.exists(episode_id)).first() is None:
+                    raise _no_episode(episode_id)
+                row = conn.execute(q.insert_job(dialect), values).mappings().first()
             if row is None:
-                existing = conn.execute(q.by_key(str(idempotency_key))).mappings().one()
+                existing = None
+                if idempotency_key is not None:
+                    existing = conn.execute(q.by_key(idempotency_key)).mappings().first()
+                if existing is None:  # the key was free: the episode was missing
+                    raise _no_episode(str(episode_id))
                 return Enqueued(job=Job.model_validate(existing), created=False)
-            self._db.backend.notify(conn, CHANNEL, kind)
+            if not one_statement:
+                self._db.backend.notify(conn, CHANNEL, kind)
             return Enqueued(job=Job.model_validate(row), created=True)
 
-        result = await self._db.run_sync(work)
+        result = await self._db.run_sync(work, autocommit=one_statement)
         if result.created:
             self._db.signals.notify(CHANNEL)
         return result
@@ -399,6 +412,10 @@ class JobQueue:
         if run_after is not None:
             values["run_after"] = run_after
         return values
+
+
+def _no_episode(episode_id: str) -> NotFoundError:
+    return NotFoundError(f"episode {episode_id!r} does not exist", episode_id=episode_id)
 
 
 class Outcome:

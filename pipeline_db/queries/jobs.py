@@ -26,11 +26,12 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import aliased
 from sqlalchemy.sql.dml import ReturningInsert, ReturningUpdate, Update
 
 from pipeline_db.queries import insert_for
-from pipeline_db.schema import jobs, utc_after, utcnow, webhook_deliveries
+from pipeline_db.schema import episodes, jobs, utc_after, utcnow, webhook_deliveries
 
 JOB_COLUMNS = tuple(jobs.c)
 FINISHED = ("succeeded", "failed", "cancelled")
@@ -46,6 +47,43 @@ def insert_job(dialect: str) -> ReturningInsert[Any]:
         .on_conflict_do_nothing(index_elements=["idempotency_key"])
         .returning(*JOB_COLUMNS)
     )
+
+
+#: The columns :func:`enqueue_notifying` takes as parameters (``run_after`` when scheduled).
+ENQUEUED_COLUMNS = (
+    "kind",
+    "episode_id",
+    "params",
+    "priority",
+    "max_attempts",
+    "idempotency_key",
+    "webhook_url",
+)
+
+
+@functools.cache
+def enqueue_notifying(*, scheduled: bool) -> Select[Any]:
+    """:func:`insert_job` and its ``pg_notify`` in ONE statement (writable CTE, PostgreSQL).
+
+    The job is inserted only when its episode (if any) exists and its
+    idempotency key is free; the notification goes out with the row, at commit.
+    No row: the episode is missing or the key is taken (the caller asks which).
+    Parameters: the :data:`ENQUEUED_COLUMNS` (and ``run_after`` when
+    ``scheduled``), and ``channel``.
+    """
+    names = [*ENQUEUED_COLUMNS, *(["run_after"] if scheduled else [])]
+    values = [bindparam(name, type_=jobs.c[name].type) for name in names]
+    episode = values[names.index("episode_id")]
+    source = select(*values).where(or_(episode.is_(None), exists().where(episodes.c.id == episode)))
+    inserted = (
+        postgresql.insert(jobs)
+        .from_select(names, source)
+        .on_conflict_do_nothing(index_elements=["idempotency_key"])
+        .returning(*JOB_COLUMNS)
+        .cte("inserted")
+    )
+    notified = func.pg_notify(bindparam("channel"), inserted.c.kind).label("notified")
+    return select(*inserted.c, notified)
 
 
 def insert_jobs() -> Insert:

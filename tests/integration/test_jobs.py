@@ -144,6 +144,20 @@ async def test_enqueue_for_an_unknown_episode_is_not_found(queue: JobQueue) -> N
     assert (await queue.list()).items == []
 
 
+async def test_enqueue_with_a_free_key_for_an_unknown_episode_is_not_found(
+    queue: JobQueue,
+) -> None:
+    # On PostgreSQL one statement checks both: no row back means the key was taken
+    # or the episode is missing, and the queue must tell which.
+    with pytest.raises(NotFoundError) as caught:
+        await queue.enqueue("transcode", episode_id="no-such-episode", idempotency_key="free")
+
+    assert caught.value.context["episode_id"] == "no-such-episode"
+    assert (await queue.list()).items == []
+    job = (await queue.enqueue("transcode", idempotency_key="free")).job
+    assert job.idempotency_key == "free" and job.episode_id is None
+
+
 async def test_idempotency_key_dedupes_20_concurrent_enqueues(
     make_config: Callable[..., DatabaseConfig],
 ) -> None:
