@@ -543,6 +543,42 @@ async def _sessions(config: DatabaseConfig) -> int:
         await conn.close()
 
 
+Progress = Callable[[], Awaitable[tuple[int, bool] | None]]
+
+
+async def _kill_in_processing_log(args: list[str], progress: Progress, pg: DatabaseConfig) -> None:
+    """Run ``pipeline-db *args`` and SIGKILL it once 5,000 rows of processing_log
+    are in (and it is not done), then wait until its workers have left ``pg``.
+
+    ``progress``: the target's (rows copied, done) for processing_log, or None.
+    """
+    process = await asyncio.create_subprocess_exec(
+        CLI, *args, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+    )
+    try:
+        for _ in range(3000):
+            found = await progress()
+            if found is not None and found[0] >= 5_000 and not found[1]:
+                break
+            assert process.returncode is None, "the migration ended before it was killed"
+            await asyncio.sleep(0.01)
+        else:
+            pytest.fail("the migration never reached processing_log")
+        os.kill(process.pid, signal.SIGKILL)
+    finally:
+        if process.returncode is None:
+            process.kill()
+        await process.wait()
+    assert process.returncode == -signal.SIGKILL
+    # Its worker processes died with it: nothing writes while it is resumed.
+    for _ in range(200):
+        if not await _sessions(pg):
+            break
+        await asyncio.sleep(0.05)
+    else:
+        pytest.fail("the killed migration's workers are still connected")
+
+
 @pytest.mark.slow
 async def test_sigkill_during_the_largest_table_then_resume(
     tmp_path: Path, pg_database: Config
@@ -567,31 +603,7 @@ async def test_sigkill_during_the_largest_table_then_resume(
         "--split-rows",  # processing_log in two key ranges, one per worker process
         "20000",
     ]
-    process = await asyncio.create_subprocess_exec(
-        CLI, *args, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
-    )
-    try:
-        for _ in range(3000):
-            found = await _progress(pg, "processing_log")
-            if found is not None and found[0] >= 5_000 and not found[1]:
-                break
-            assert process.returncode is None, "the migration ended before it was killed"
-            await asyncio.sleep(0.01)
-        else:
-            pytest.fail("the migration never reached processing_log")
-        os.kill(process.pid, signal.SIGKILL)
-    finally:
-        if process.returncode is None:
-            process.kill()
-        await process.wait()
-    assert process.returncode == -signal.SIGKILL
-    # Its worker processes died with it: nothing writes while it is resumed.
-    for _ in range(200):
-        if not await _sessions(pg):
-            break
-        await asyncio.sleep(0.05)
-    else:
-        pytest.fail("the killed migration's workers are still connected")
+    await _kill_in_processing_log(args, lambda: _progress(pg, "processing_log"), pg)
     killed_at = await _progress(pg, "processing_log")
     assert killed_at is not None and not killed_at[1]
 
@@ -663,31 +675,11 @@ async def test_sigkill_into_sqlite_during_the_largest_table_then_resume(
         "--split-rows",  # processing_log in two key ranges, one per worker process
         "20000",
     ]
-    process = await asyncio.create_subprocess_exec(
-        CLI, *args, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
-    )
-    try:
-        for _ in range(3000):
-            found = await asyncio.to_thread(_sqlite_progress, back, "processing_log")
-            if found is not None and found[0] >= 5_000 and not found[1]:
-                break
-            assert process.returncode is None, "the migration ended before it was killed"
-            await asyncio.sleep(0.01)
-        else:
-            pytest.fail("the migration never reached processing_log")
-        os.kill(process.pid, signal.SIGKILL)
-    finally:
-        if process.returncode is None:
-            process.kill()
-        await process.wait()
-    assert process.returncode == -signal.SIGKILL
-    # Its worker processes died with it (their source connections are gone).
-    for _ in range(200):
-        if not await _sessions(pg):
-            break
-        await asyncio.sleep(0.05)
-    else:
-        pytest.fail("the killed migration's workers are still connected")
+
+    async def progress() -> tuple[int, bool] | None:
+        return await asyncio.to_thread(_sqlite_progress, back, "processing_log")
+
+    await _kill_in_processing_log(args, progress, pg)
     killed_at = _sqlite_progress(back, "processing_log")
     assert killed_at is not None and not killed_at[1]
 
