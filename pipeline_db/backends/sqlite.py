@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import sqlite3
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any, Literal, TypeVar
 from sqlalchemy import QueuePool, event
 from sqlalchemy import create_engine as sa_create_engine
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from pipeline_db._json import dumps, loads
@@ -22,6 +24,9 @@ from pipeline_db.config import DatabaseConfig
 
 T = TypeVar("T")
 READER_THREADS = 4
+#: A writer's attempts at the write lock: every 0.2 ms at first, then every 1 ms.
+FIRST_POLL_S = 0.0002
+LAST_POLL_S = 0.001
 
 # Execution option read by the "begin" listener: which BEGIN to emit.
 BEGIN_MODE_OPTION = "pipeline_db_begin"
@@ -102,8 +107,8 @@ class SQLiteBackend:
             f"PRAGMA busy_timeout={config.busy_timeout}",
             "PRAGMA foreign_keys=ON",
         )
-        for target in (engine.sync_engine, self._sync_engine):
-            _configure(target, pragmas)
+        _configure(engine.sync_engine, pragmas, _begin)
+        _configure(self._sync_engine, pragmas, _polling_begin(config.busy_timeout))
 
         @event.listens_for(engine.sync_engine, "invalidate")
         def _on_invalidate(dbapi_connection: Any, _record: Any, _error: Any) -> None:
@@ -227,7 +232,51 @@ class SQLiteBackend:
             yield
 
 
-def _configure(engine: Engine, pragmas: tuple[str, ...]) -> None:
+def _begin(conn: Connection, mode: str) -> None:
+    conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+def _polling_begin(busy_timeout_ms: int) -> Callable[[Connection, str], None]:
+    """BEGIN on a worker thread's connection; IMMEDIATE retried every millisecond at most.
+
+    SQLite's busy handler sleeps 1, 2, 5, 10, 15 ... up to 100 ms between
+    attempts at the write lock, so a writer that waited a little sleeps on long
+    after the lock is free, and with it every writer queued behind it in its
+    process (measured with 4 server processes: BEGIN IMMEDIATE's p99 wait 34 ms,
+    its worst 530 ms, for locks held under a millisecond). Here the attempts
+    come every 0.2 to 1 ms, for as long as ``busy_timeout`` allows.
+    """
+    patience_s = busy_timeout_ms / 1000
+
+    def begin(conn: Connection, mode: str) -> None:
+        if mode != "IMMEDIATE":
+            conn.exec_driver_sql(f"BEGIN {mode}")
+            return
+        driver = conn.connection.driver_connection
+        assert driver is not None
+        deadline = time.monotonic() + patience_s
+        delay = FIRST_POLL_S
+        driver.execute("PRAGMA busy_timeout=0")
+        try:
+            while True:
+                try:
+                    conn.exec_driver_sql("BEGIN IMMEDIATE")
+                    return
+                except DBAPIError as error:
+                    code = getattr(error.orig, "sqlite_errorcode", None)
+                    if code is None or code & 0xFF != 5 or time.monotonic() >= deadline:
+                        raise
+                time.sleep(delay)
+                delay = min(delay * 2, LAST_POLL_S)
+        finally:
+            driver.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
+
+    return begin
+
+
+def _configure(
+    engine: Engine, pragmas: tuple[str, ...], begin: Callable[[Connection, str], None]
+) -> None:
     """PRAGMAs on every new connection, and our own BEGIN (the SQLAlchemy recipe)."""
 
     @event.listens_for(engine, "connect")
@@ -241,5 +290,4 @@ def _configure(engine: Engine, pragmas: tuple[str, ...]) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        mode = conn.get_execution_options().get(BEGIN_MODE_OPTION, "DEFERRED")
-        conn.exec_driver_sql(f"BEGIN {mode}")
+        begin(conn, conn.get_execution_options().get(BEGIN_MODE_OPTION, "DEFERRED"))

@@ -39,6 +39,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from pipeline_db import CommitOutcomeUnknownError, Database, DatabaseConfig, TransientError
@@ -338,23 +339,30 @@ async def test_deadlock_is_retried_and_both_transactions_commit(db: Database) ->
 
 @sqlite_only
 @pytest.mark.slow
-async def test_writer_waits_for_another_process_holding_the_write_lock(db: Database) -> None:
+@pytest.mark.parametrize("path", ["transaction", "run_sync"])
+async def test_writer_waits_for_another_process_holding_the_write_lock(
+    db: Database, path: str
+) -> None:
+    # transaction(): aiosqlite and SQLite's busy handler; run_sync(): a worker
+    # thread that retries BEGIN IMMEDIATE itself, every millisecond at most.
+    run = db.transaction if path == "transaction" else db.run_sync
     holder = await hold_write_lock(db.config.path, 2.0)
     started = time.monotonic()
 
-    await db.transaction(lambda conn: conn.execute(insert(log).values(label="writer")))
+    await run(lambda conn: conn.execute(insert(log).values(label="writer")))
 
     waited = time.monotonic() - started
     assert await holder.wait() == 0
     assert waited > 1.0  # it waited for the lock (busy_timeout is 5 s) ...
-    assert not db.retries  # ... in SQLite's busy handler, without failing an attempt
+    assert not db.retries  # ... within one attempt, without failing it
     assert await labels(db) == ["holder", "writer"]
 
 
 @sqlite_only
 @pytest.mark.slow
+@pytest.mark.parametrize("path", ["transaction", "run_sync"])
 async def test_write_lock_held_past_the_deadline_names_the_cause(
-    db: Database, make_config: Callable[..., DatabaseConfig]
+    db: Database, make_config: Callable[..., DatabaseConfig], path: str
 ) -> None:
     config = make_config(
         busy_timeout=200,
@@ -368,9 +376,17 @@ async def test_write_lock_held_past_the_deadline_names_the_cause(
         runs += 1
         await conn.execute(insert(log).values(label="writer"))
 
+    def sync_work(conn: Connection) -> None:
+        nonlocal runs
+        runs += 1
+        conn.execute(insert(log).values(label="writer"))
+
     async with Database(config) as impatient:
         with pytest.raises(TransientError) as caught:
-            await impatient.transaction(work)
+            if path == "transaction":
+                await impatient.transaction(work)
+            else:
+                await impatient.run_sync(sync_work)
     assert holder.returncode is None  # gave up while the lock was still held
 
     error = caught.value
