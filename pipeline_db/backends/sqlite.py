@@ -237,7 +237,7 @@ def _begin(conn: Connection, mode: str) -> None:
 
 
 def _polling_begin(busy_timeout_ms: int) -> Callable[[Connection, str], None]:
-    """BEGIN on a worker thread's connection; IMMEDIATE retried every millisecond at most.
+    """BEGIN on a worker thread's connection; IMMEDIATE retried at least once a millisecond.
 
     SQLite's busy handler sleeps 1, 2, 5, 10, 15 ... up to 100 ms between
     attempts at the write lock, so a writer that waited a little sleeps on long
