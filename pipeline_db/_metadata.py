@@ -51,7 +51,7 @@ async def locked_episode(conn: AsyncConnection, episode_id: str) -> Episode:
     """
     row = (await conn.execute(q.by_id(episode_id, for_update=True))).mappings().first()
     if row is None:
-        raise NotFoundError(f"episode {episode_id!r} does not exist", episode_id=episode_id)
+        raise NotFoundError.episode(episode_id)
     return Episode.model_validate(row)
 
 

@@ -84,7 +84,7 @@ class Clips:
 
         async def work(conn: AsyncConnection) -> Clip:
             if (await conn.execute(eq.exists(episode_id))).first() is None:
-                raise NotFoundError(f"episode {episode_id!r} does not exist", episode_id=episode_id)
+                raise NotFoundError.episode(episode_id)
             existing = (await conn.execute(q.by_id(id))).mappings().first()
             if existing is not None:
                 clip = Clip.model_validate(existing)
@@ -116,7 +116,7 @@ class Clips:
         async with self._db.read() as conn:
             rows = (await conn.execute(q.of_episode(episode_id))).mappings().all()
             if not rows and (await conn.execute(eq.exists(episode_id))).first() is None:
-                raise NotFoundError(f"episode {episode_id!r} does not exist", episode_id=episode_id)
+                raise NotFoundError.episode(episode_id)
         return [Clip.model_validate(row) for row in rows]
 
     async def by_status(self, status: str, *, limit: int = CLIP_LIMIT) -> builtins.list[Clip]:

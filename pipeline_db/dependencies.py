@@ -139,7 +139,7 @@ async def _path(conn: AsyncConnection, start: str, goal: str) -> list[str] | Non
 
 async def _require_episode(conn: AsyncConnection, episode_id: str) -> None:
     if (await conn.execute(eq.exists(episode_id))).first() is None:
-        raise NotFoundError(f"episode {episode_id!r} does not exist", episode_id=episode_id)
+        raise NotFoundError.episode(episode_id)
 
 
 def _check_stage(stage: str) -> None:

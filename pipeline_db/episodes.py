@@ -125,7 +125,7 @@ class Episodes:
         """
         row = await self._fetch_one(q.by_id_param(), {"episode_id": episode_id})
         if row is None:
-            raise NotFoundError(f"episode {episode_id!r} does not exist", episode_id=episode_id)
+            raise NotFoundError.episode(episode_id)
         return Episode.model_validate(row)
 
     async def get_by_hash(self, content_hash: str) -> Episode:
@@ -256,7 +256,7 @@ class Episodes:
             if row is None:
                 stage = conn.execute(q.stage_of(episode_id)).scalar()
                 if stage is None:
-                    raise _not_found(episode_id)
+                    raise NotFoundError.episode(episode_id)
                 if attempts > 1 and stage == target:
                     # Our earlier attempt's COMMIT landed before its connection was lost.
                     return Episode.model_validate(
@@ -329,7 +329,7 @@ class Episodes:
         async def work(conn: AsyncConnection) -> Episode:
             row = (await conn.execute(q.set_values(episode_id, values))).mappings().first()
             if row is None:
-                raise _not_found(episode_id)
+                raise NotFoundError.episode(episode_id)
             episode = Episode.model_validate(row)
             await upsert_index(
                 conn, self._db.dialect, episode_id, source_path, file_size, episode.metadata
@@ -354,7 +354,7 @@ class Episodes:
             if row is None:
                 if (await conn.execute(q.exists(new_id))).first():
                     return await _reread(conn, new_id)  # an earlier attempt committed
-                raise _not_found(episode_id)
+                raise NotFoundError.episode(episode_id)
             return Episode.model_validate(row)
 
         return await self._db.transaction(work)
@@ -372,7 +372,7 @@ class Episodes:
             async with attempt as conn:
                 deleted = (await conn.execute(q.remove(episode_id))).first() is not None or deleted
         if not deleted:
-            raise _not_found(episode_id)
+            raise NotFoundError.episode(episode_id)
 
     async def stats(self, *, window: timedelta = STATS_WINDOW) -> EpisodeStats:
         """Totals by stage, and activity, failure rate and mean durations over ``window``."""
@@ -402,7 +402,7 @@ class Episodes:
         async def work(conn: AsyncConnection) -> Episode:
             row = (await conn.execute(q.by_id(episode_id, for_update=True))).mappings().first()
             if row is None:
-                raise _not_found(episode_id)
+                raise NotFoundError.episode(episode_id)
             document = change(dict(row["metadata"]))
             updated = (await conn.execute(q.set_metadata(episode_id, document))).mappings().one()
             await upsert_index(
@@ -528,10 +528,6 @@ def _backwards(current: str, target: str) -> InvalidInputError:
     return InvalidInputError(
         f"stage cannot go back from {current!r} to {target!r} without force", field="stage"
     )
-
-
-def _not_found(episode_id: str) -> NotFoundError:
-    return NotFoundError(f"episode {episode_id!r} does not exist", episode_id=episode_id)
 
 
 def _encode_cursor(episode: Episode) -> str:

@@ -97,6 +97,11 @@ class DomainError(PipelineDBError):
 class NotFoundError(DomainError):
     """The requested record does not exist."""
 
+    @classmethod
+    def episode(cls, episode_id: str) -> NotFoundError:
+        """No episode ``episode_id`` (every aggregate that refers to one says it alike)."""
+        return cls(f"episode {episode_id!r} does not exist", episode_id=episode_id)
+
 
 class ConflictError(DomainError):
     """The write conflicts with the current state (a duplicate or a missing reference)."""

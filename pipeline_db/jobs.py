@@ -93,14 +93,14 @@ class JobQueue:
                 row = conn.execute(statement, {**values, "channel": CHANNEL}).mappings().first()
             else:
                 if episode_id is not None and conn.execute(eq.exists(episode_id)).first() is None:
-                    raise _no_episode(episode_id)
+                    raise NotFoundError.episode(episode_id)
                 row = conn.execute(q.insert_job(dialect), values).mappings().first()
             if row is None:
                 existing = None
                 if idempotency_key is not None:
                     existing = conn.execute(q.by_key(idempotency_key)).mappings().first()
                 if existing is None:  # the key was free: the episode was missing
-                    raise _no_episode(str(episode_id))
+                    raise NotFoundError.episode(str(episode_id))
                 return Enqueued(job=Job.model_validate(existing), created=False)
             if not one_statement:
                 self._db.backend.notify(conn, CHANNEL, kind)
@@ -412,10 +412,6 @@ class JobQueue:
         if run_after is not None:
             values["run_after"] = run_after
         return values
-
-
-def _no_episode(episode_id: str) -> NotFoundError:
-    return NotFoundError(f"episode {episode_id!r} does not exist", episode_id=episode_id)
 
 
 class Outcome:

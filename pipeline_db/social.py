@@ -73,7 +73,7 @@ class SocialJobs:
 
         async def work(conn: AsyncConnection) -> SocialJob:
             if (await conn.execute(eq.exists(episode_id))).first() is None:
-                raise NotFoundError(f"episode {episode_id!r} does not exist", episode_id=episode_id)
+                raise NotFoundError.episode(episode_id)
             existing = (await conn.execute(q.job(values["job_id"]))).mappings().first()
             if existing is not None:  # a retry after a COMMIT that landed, or a clash
                 job = SocialJob.model_validate(existing)
