@@ -33,7 +33,8 @@ BEGIN_MODE_OPTION = "pipeline_db_begin"
 
 # Primary result codes (https://www.sqlite.org/rescode.html), extended codes
 # are reduced to these with ``code & 0xFF`` unless listed in full below.
-_TRANSIENT = {5: "busy", 6: "locked"}
+SQLITE_BUSY = 5
+_TRANSIENT = {SQLITE_BUSY: "busy", 6: "locked"}
 _EXTENDED = {
     2067: ("conflict", "unique"),  # SQLITE_CONSTRAINT_UNIQUE
     1555: ("conflict", "unique"),  # SQLITE_CONSTRAINT_PRIMARYKEY
@@ -264,7 +265,7 @@ def _polling_begin(busy_timeout_ms: int) -> Callable[[Connection, str], None]:
                     return
                 except DBAPIError as error:
                     code = getattr(error.orig, "sqlite_errorcode", None)
-                    if code is None or code & 0xFF != 5 or time.monotonic() >= deadline:
+                    if code is None or code & 0xFF != SQLITE_BUSY or time.monotonic() >= deadline:
                         raise
                 time.sleep(delay)
                 delay = min(delay * 2, LAST_POLL_S)
